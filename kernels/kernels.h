@@ -1,0 +1,166 @@
+// The one interface to every numerical operation deltaserve's models need.
+//
+// CpuKernels (kernels/cpu) is plain fp32 C++ and the oracle; CudaKernels
+// (kernels/cuda) must match it within tolerance. Arguments are TensorViews
+// plus a stream; a method checks shapes and dtypes and returns
+// INVALID_ARGUMENT naming the argument when they do not fit, INTERNAL for a
+// device failure. Unless a method says otherwise, tensors are f32 and
+// row-contiguous (last stride 1), and `out` may not alias an input.
+//
+// Variable-length batches ("varlen"): the tokens of B sequences are
+// concatenated along the first dimension; `cu_seqlens` (i32 [B + 1]) holds
+// the offsets, cu_seqlens[0] = 0 and cu_seqlens[B] = T. Per-sequence
+// persistent state lives in pools indexed by `slots` (i32 [B]): kernels read
+// a sequence's initial state from its slot and write the final state back in
+// place.
+//
+// Implementations are thread-compatible: one caller at a time per instance.
+#ifndef DELTASERVE_KERNELS_KERNELS_H_
+#define DELTASERVE_KERNELS_KERNELS_H_
+
+#include "absl/status/status.h"
+#include "kernels/tensor.h"
+
+namespace deltaserve {
+
+// An opaque execution stream (cudaStream_t for CUDA; ignored on CPU).
+struct Stream {
+  void* native = nullptr;
+};
+
+class Kernels {
+ public:
+  virtual ~Kernels() = default;
+
+  // Name of the implementation ("cpu", "cuda").
+  virtual const char* name() const = 0;
+
+  // out[M, N] = x[M, K] · w[N, K]ᵀ (+ out when accumulate). w is f32 (CPU)
+  // or f32/bf16 (CUDA). x and out may have any row stride.
+  virtual absl::Status Gemm(const TensorView& x, const TensorView& w,
+                            const TensorView& out, bool accumulate,
+                            Stream stream) = 0;
+
+  // out[T, D] = table[ids[t], :]. ids i32 [T]; table [V, D] f32 (or bf16 on
+  // CUDA). An id outside [0, V) is INVALID_ARGUMENT.
+  virtual absl::Status Embedding(const TensorView& ids, const TensorView& table,
+                                 const TensorView& out, Stream stream) = 0;
+
+  // Row-wise RMSNorm of x[R, D]: out = x / sqrt(mean(x²) + eps) · w', with
+  // w' = 1 + w when zero_centered, else w. out may alias x.
+  virtual absl::Status RmsNorm(const TensorView& x, const TensorView& weight,
+                               float eps, bool zero_centered,
+                               const TensorView& out, Stream stream) = 0;
+
+  // Gated RMSNorm: out = RmsNorm(x) · w · silu(z), rows of x[R, D], z[R, D].
+  // out may alias x.
+  virtual absl::Status RmsNormGated(const TensorView& x, const TensorView& z,
+                                    const TensorView& weight, float eps,
+                                    const TensorView& out, Stream stream) = 0;
+
+  // In-place rotary embedding of x[T, H, head_dim] on its first rot_dim
+  // dims, rotate-half (GPT-NeoX) pairing: dim i pairs with i + rot_dim/2,
+  // angle positions[t] · theta^(−2i/rot_dim). positions i32 [T].
+  virtual absl::Status Rope(const TensorView& x, const TensorView& positions,
+                            int rot_dim, float theta, Stream stream) = 0;
+
+  // out = a + b, same shapes [R, N]. out may alias a or b.
+  virtual absl::Status Add(const TensorView& a, const TensorView& b,
+                           const TensorView& out, Stream stream) = 0;
+
+  // out = silu(gate) · up, all [R, N]. out may alias gate or up.
+  virtual absl::Status SwiGlu(const TensorView& gate, const TensorView& up,
+                              const TensorView& out, Stream stream) = 0;
+
+  // out = x · sigmoid(gate), all [R, N]. out may alias x.
+  virtual absl::Status SigmoidGate(const TensorView& x, const TensorView& gate,
+                                   const TensorView& out, Stream stream) = 0;
+
+  // Depthwise causal conv over the varlen batch x[T, C] with weight [C, W]
+  // (no bias), then SiLU when `silu`. conv_state pool [S, C, W − 1] holds
+  // each sequence's last W − 1 inputs (oldest first); it is read as the
+  // inputs before the sequence's first token and updated in place.
+  // out [T, C] may alias x.
+  virtual absl::Status CausalConv1d(const TensorView& x, const TensorView& weight,
+                                    const TensorView& cu_seqlens,
+                                    const TensorView& conv_state,
+                                    const TensorView& slots, bool silu,
+                                    const TensorView& out, Stream stream) = 0;
+
+  // Decode form of CausalConv1d: one token per sequence, x[B, C].
+  virtual absl::Status CausalConv1dUpdate(const TensorView& x,
+                                          const TensorView& weight,
+                                          const TensorView& conv_state,
+                                          const TensorView& slots, bool silu,
+                                          const TensorView& out,
+                                          Stream stream) = 0;
+
+  // Gates of a gated-delta-rule layer from its projections a, b [T, H]:
+  // g = −exp(a_log) · softplus(a + dt_bias) (log decay), beta = sigmoid(b).
+  // a_log, dt_bias [H]. g, beta [T, H].
+  virtual absl::Status GdnGates(const TensorView& a, const TensorView& b,
+                                const TensorView& a_log,
+                                const TensorView& dt_bias, const TensorView& g,
+                                const TensorView& beta, Stream stream) = 0;
+
+  // Gated delta rule over a varlen batch, per value head h (key head
+  // h·Hk/Hv):
+  //   S_t = exp(g_t) · S_{t−1} · (I − β_t k_t k_tᵀ) + β_t k_t v_tᵀ   (S: [K, V])
+  //   o_t = S_tᵀ · (scale · q_t)
+  // q, k [T, Hk, K]; v [T, Hv, V]; g [T, Hv] log decay (empty view: no decay,
+  // plain DeltaNet); beta [T, Hv]; state pool [S, Hv, K, V] f32 read from and
+  // written to slots; out [T, Hv, V]. When l2norm_qk, q and k are first
+  // divided by sqrt(Σx² + 1e-6) per head.
+  //
+  // Chunked (WY/UT) form, chunks of kChunkSize tokens: the prefill path.
+  virtual absl::Status GatedDeltaRuleChunked(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& g, const TensorView& beta, const TensorView& cu_seqlens,
+      const TensorView& state, const TensorView& slots, float scale,
+      bool l2norm_qk, const TensorView& out, Stream stream) = 0;
+
+  // The same function, token by token (the decode path; also the oracle the
+  // chunked form is tested against).
+  virtual absl::Status GatedDeltaRuleRecurrent(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& g, const TensorView& beta, const TensorView& cu_seqlens,
+      const TensorView& state, const TensorView& slots, float scale,
+      bool l2norm_qk, const TensorView& out, Stream stream) = 0;
+
+  // Writes the new keys and values of a varlen batch into paged KV.
+  // k, v [T, Hkv, D]; k_pages, v_pages [P, page_size, Hkv, D];
+  // page_table i32 [B, max_pages] (physical page of each logical page);
+  // start_pos i32 [B]: position of each sequence's first new token.
+  // Token t of sequence b lands at logical position start_pos[b] + t − cu[b].
+  virtual absl::Status KvAppend(const TensorView& k, const TensorView& v,
+                                const TensorView& k_pages,
+                                const TensorView& v_pages,
+                                const TensorView& page_table,
+                                const TensorView& cu_seqlens,
+                                const TensorView& start_pos, Stream stream) = 0;
+
+  // Causal softmax attention of a varlen batch of queries q[T, Hq, D] over
+  // paged KV (already holding the new tokens). context_lens i32 [B]: each
+  // sequence's length including its new tokens, so query i of sequence b
+  // (of n_b) sits at position context_lens[b] − n_b + i and sees positions p
+  // with p ≤ its own and, when window > 0, p > its own − window. GQA: query
+  // head h uses KV head h·Hkv/Hq. out [T, Hq, D].
+  virtual absl::Status PagedAttention(const TensorView& q,
+                                      const TensorView& k_pages,
+                                      const TensorView& v_pages,
+                                      const TensorView& page_table,
+                                      const TensorView& cu_seqlens,
+                                      const TensorView& context_lens,
+                                      int window, float scale,
+                                      const TensorView& out, Stream stream) = 0;
+
+  // Makes the host wait for the stream's work (no-op on CPU).
+  virtual absl::Status Synchronize(Stream stream) = 0;
+};
+
+// Chunk length of the chunked gated delta rule.
+inline constexpr int kGdrChunkSize = 64;
+
+}  // namespace deltaserve
+
+#endif  // DELTASERVE_KERNELS_KERNELS_H_
