@@ -81,7 +81,8 @@ class Kernels {
   // each sequence's last W − 1 inputs (oldest first); it is read as the
   // inputs before the sequence's first token and updated in place.
   // out [T, C] may alias x.
-  virtual absl::Status CausalConv1d(const TensorView& x, const TensorView& weight,
+  virtual absl::Status CausalConv1d(const TensorView& x,
+                                    const TensorView& weight,
                                     const TensorView& cu_seqlens,
                                     const TensorView& conv_state,
                                     const TensorView& slots, bool silu,
@@ -105,14 +106,14 @@ class Kernels {
 
   // Gated delta rule over a varlen batch, per value head h (key head
   // h·Hk/Hv):
-  //   S_t = exp(g_t) · S_{t−1} · (I − β_t k_t k_tᵀ) + β_t k_t v_tᵀ   (S: [K, V])
-  //   o_t = S_tᵀ · (scale · q_t)
+  //   S_t = exp(g_t) · S_{t−1} · (I − β_t k_t k_tᵀ) + β_t k_t v_tᵀ   (S: [K,
+  //   V]) o_t = S_tᵀ · (scale · q_t)
   // q, k [T, Hk, K]; v [T, Hv, V]; g [T, Hv] log decay (empty view: no decay,
   // plain DeltaNet); beta [T, Hv]; state pool [S, Hv, K, V] f32 read from and
   // written to slots; out [T, Hv, V]. When l2norm_qk, q and k are first
   // divided by sqrt(Σx² + 1e-6) per head.
   //
-  // Chunked (WY/UT) form, chunks of kChunkSize tokens: the prefill path.
+  // Chunked (WY/UT) form, chunks of kGdrChunkSize tokens: the prefill path.
   virtual absl::Status GatedDeltaRuleChunked(
       const TensorView& q, const TensorView& k, const TensorView& v,
       const TensorView& g, const TensorView& beta, const TensorView& cu_seqlens,
@@ -127,7 +128,9 @@ class Kernels {
       const TensorView& state, const TensorView& slots, float scale,
       bool l2norm_qk, const TensorView& out, Stream stream) = 0;
 
-  // Writes the new keys and values of a varlen batch into paged KV.
+  // Writes the new keys and values of a varlen batch into paged KV. Only the
+  // page-table entries a call touches are read, so unused entries may hold
+  // −1. Slots and pages of different sequences in one batch must differ.
   // k, v [T, Hkv, D]; k_pages, v_pages [P, page_size, Hkv, D];
   // page_table i32 [B, max_pages] (physical page of each logical page);
   // start_pos i32 [B]: position of each sequence's first new token.
@@ -145,14 +148,11 @@ class Kernels {
   // (of n_b) sits at position context_lens[b] − n_b + i and sees positions p
   // with p ≤ its own and, when window > 0, p > its own − window. GQA: query
   // head h uses KV head h·Hkv/Hq. out [T, Hq, D].
-  virtual absl::Status PagedAttention(const TensorView& q,
-                                      const TensorView& k_pages,
-                                      const TensorView& v_pages,
-                                      const TensorView& page_table,
-                                      const TensorView& cu_seqlens,
-                                      const TensorView& context_lens,
-                                      int window, float scale,
-                                      const TensorView& out, Stream stream) = 0;
+  virtual absl::Status PagedAttention(
+      const TensorView& q, const TensorView& k_pages, const TensorView& v_pages,
+      const TensorView& page_table, const TensorView& cu_seqlens,
+      const TensorView& context_lens, int window, float scale,
+      const TensorView& out, Stream stream) = 0;
 
   // Makes the host wait for the stream's work (no-op on CPU).
   virtual absl::Status Synchronize(Stream stream) = 0;
