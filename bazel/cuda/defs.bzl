@@ -1,7 +1,9 @@
 """cuda_library: compiles .cu sources with nvcc for sm_90 into a cc_library.
 
-Without a CUDA toolkit (HAS_CUDA False) no targets are created, so BUILD
-files guard CUDA targets with `if HAS_CUDA:`.
+Without a CUDA toolkit (HAS_CUDA False) no targets are created. BUILD files
+cannot hold a top-level `if`, so host-compiled targets that need CUDA use
+cuda_cc_library / cuda_cc_test / cuda_cc_binary, which likewise create
+nothing without a toolkit.
 """
 
 load("@local_cuda//:defs.bzl", "CUDA_ARCH", "HAS_CUDA", "NVCC")
@@ -16,7 +18,7 @@ def cuda_library(name, srcs, hdrs = [], deps = [], nvcc_flags = [], visibility =
         obj = "_{}_objs/{}.o".format(name, src.replace("/", "_"))
         native.genrule(
             name = "{}_{}_nvcc".format(name, src.replace("/", "_").replace(".", "_")),
-            srcs = [src] + hdrs + native.glob(["*.h", "*.cuh"]),
+            srcs = [src] + hdrs + native.glob(["*.h", "*.cuh"], exclude = hdrs),
             outs = [obj],
             cmd = " ".join([
                 NVCC,
@@ -42,3 +44,18 @@ def cuda_library(name, srcs, hdrs = [], deps = [], nvcc_flags = [], visibility =
         tags = tags,
         alwayslink = True,
     )
+
+def cuda_cc_library(**kwargs):
+    """A native.cc_library that exists only when a CUDA toolkit was found."""
+    if HAS_CUDA:
+        native.cc_library(**kwargs)
+
+def cuda_cc_test(**kwargs):
+    """A native.cc_test that exists only when a CUDA toolkit was found."""
+    if HAS_CUDA:
+        native.cc_test(**kwargs)
+
+def cuda_cc_binary(**kwargs):
+    """A native.cc_binary that exists only when a CUDA toolkit was found."""
+    if HAS_CUDA:
+        native.cc_binary(**kwargs)
