@@ -1,0 +1,259 @@
+#include "engine/model/model_spec.h"
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status.h"
+#include "nlohmann/json.hpp"
+
+namespace deltaserve {
+namespace {
+
+using json = nlohmann::json;
+
+// Reads config fields with errors that name the file and the field.
+class ConfigReader {
+ public:
+  ConfigReader(const json& j, const std::string& source)
+      : j_(j), source_(source) {}
+
+  absl::StatusOr<int64_t> Int(const char* key) const {
+    if (!j_.contains(key) || !j_[key].is_number_integer()) {
+      return Error(key, "an integer");
+    }
+    return j_[key].get<int64_t>();
+  }
+  absl::StatusOr<int64_t> PositiveInt(const char* key) const {
+    DS_ASSIGN_OR_RETURN(int64_t v, Int(key));
+    if (v <= 0 || v > (int64_t{1} << 40))
+      return Error(key, "a positive integer");
+    return v;
+  }
+  int64_t IntOr(const char* key, int64_t dflt) const {
+    if (j_.contains(key) && j_[key].is_number_integer()) {
+      return j_[key].get<int64_t>();
+    }
+    return dflt;
+  }
+  double NumberOr(const char* key, double dflt) const {
+    if (j_.contains(key) && j_[key].is_number()) return j_[key].get<double>();
+    return dflt;
+  }
+  bool BoolOr(const char* key, bool dflt) const {
+    if (j_.contains(key) && j_[key].is_boolean()) return j_[key].get<bool>();
+    return dflt;
+  }
+  absl::Status Error(const char* key, const char* what) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source_, ": field ", key, " must be ", what));
+  }
+
+ private:
+  const json& j_;
+  const std::string& source_;
+};
+
+std::vector<int32_t> IdsOf(const json& j, const char* key) {
+  std::vector<int32_t> ids;
+  if (!j.contains(key)) return ids;
+  const json& v = j[key];
+  if (v.is_number_integer()) {
+    ids.push_back(v.get<int32_t>());
+  } else if (v.is_array()) {
+    for (const json& e : v) {
+      if (e.is_number_integer()) ids.push_back(e.get<int32_t>());
+    }
+  }
+  return ids;
+}
+
+// Qwen3.5 (qwen3_5_text) and Qwen3-Next share this layout of config.json.
+absl::StatusOr<ModelSpec> ParseQwenHybrid(const json& j,
+                                          const std::string& model_type,
+                                          const std::string& source) {
+  ConfigReader r(j, source);
+  ModelSpec spec;
+  spec.model_type = model_type;
+  DS_ASSIGN_OR_RETURN(int64_t vocab, r.PositiveInt("vocab_size"));
+  DS_ASSIGN_OR_RETURN(int64_t hidden, r.PositiveInt("hidden_size"));
+  DS_ASSIGN_OR_RETURN(int64_t layers, r.PositiveInt("num_hidden_layers"));
+  DS_ASSIGN_OR_RETURN(int64_t inter, r.PositiveInt("intermediate_size"));
+  DS_ASSIGN_OR_RETURN(int64_t heads, r.PositiveInt("num_attention_heads"));
+  DS_ASSIGN_OR_RETURN(int64_t kv_heads, r.PositiveInt("num_key_value_heads"));
+  const int64_t head_dim = r.IntOr("head_dim", hidden / heads);
+  if (head_dim <= 0) return r.Error("head_dim", "a positive integer");
+  if (heads % kv_heads != 0) {
+    return r.Error("num_key_value_heads", "a divisor of num_attention_heads");
+  }
+  DS_ASSIGN_OR_RETURN(int64_t lk_heads, r.PositiveInt("linear_num_key_heads"));
+  DS_ASSIGN_OR_RETURN(int64_t lv_heads,
+                      r.PositiveInt("linear_num_value_heads"));
+  DS_ASSIGN_OR_RETURN(int64_t lk_dim, r.PositiveInt("linear_key_head_dim"));
+  DS_ASSIGN_OR_RETURN(int64_t lv_dim, r.PositiveInt("linear_value_head_dim"));
+  if (lv_heads % lk_heads != 0) {
+    return r.Error("linear_num_value_heads",
+                   "a multiple of linear_num_key_heads");
+  }
+  const int64_t conv = r.IntOr("linear_conv_kernel_dim", 4);
+  if (conv < 1 || conv > 16) {
+    return r.Error("linear_conv_kernel_dim", "in [1, 16]");
+  }
+  spec.vocab_size = static_cast<int>(vocab);
+  spec.hidden_size = static_cast<int>(hidden);
+  spec.rms_norm_eps = static_cast<float>(r.NumberOr("rms_norm_eps", 1e-6));
+  spec.norm_zero_centered = true;
+  spec.tie_word_embeddings = r.BoolOr("tie_word_embeddings", false);
+  spec.max_position_embeddings = r.IntOr("max_position_embeddings", 32768);
+  spec.eos_token_ids = IdsOf(j, "eos_token_id");
+
+  // RoPE: rope_parameters (newer) or rope_theta/partial_rotary_factor (older).
+  double theta = r.NumberOr("rope_theta", 10000.0);
+  double partial = r.NumberOr("partial_rotary_factor", 1.0);
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (j.contains(key) && j[key].is_object()) {
+      const json& rp = j[key];
+      if (rp.contains("rope_theta") && rp["rope_theta"].is_number()) {
+        theta = rp["rope_theta"].get<double>();
+      }
+      if (rp.contains("partial_rotary_factor") &&
+          rp["partial_rotary_factor"].is_number()) {
+        partial = rp["partial_rotary_factor"].get<double>();
+      }
+      if (rp.contains("rope_type") && rp["rope_type"].is_string()) {
+        const std::string type = rp["rope_type"].get<std::string>();
+        if (type != "default" && type != "mrope") {
+          return absl::InvalidArgumentError(
+              absl::StrCat(source, ": unsupported rope_type ", type));
+        }
+      }
+    }
+  }
+  int rotary_dim = static_cast<int>(head_dim * partial);
+  rotary_dim -= rotary_dim % 2;
+  if (rotary_dim <= 0 || rotary_dim > head_dim) {
+    return r.Error("partial_rotary_factor", "in (0, 1]");
+  }
+
+  std::vector<std::string> types;
+  if (j.contains("layer_types")) {
+    if (!j["layer_types"].is_array() ||
+        static_cast<int64_t>(j["layer_types"].size()) != layers) {
+      return r.Error("layer_types", "a list of num_hidden_layers strings");
+    }
+    for (const json& t : j["layer_types"]) {
+      if (!t.is_string()) return r.Error("layer_types", "a list of strings");
+      types.push_back(t.get<std::string>());
+    }
+  } else {
+    const int64_t interval = r.IntOr("full_attention_interval", 4);
+    if (interval <= 0) return r.Error("full_attention_interval", "positive");
+    for (int64_t i = 0; i < layers; ++i) {
+      types.push_back((i + 1) % interval == 0 ? "full_attention"
+                                              : "linear_attention");
+    }
+  }
+  for (const std::string& type : types) {
+    BlockSpec block;
+    block.intermediate_size = static_cast<int>(inter);
+    if (type == "linear_attention") {
+      block.mixer = MixerKind::kGatedDeltaRule;
+      block.gdr.num_k_heads = static_cast<int>(lk_heads);
+      block.gdr.num_v_heads = static_cast<int>(lv_heads);
+      block.gdr.head_k_dim = static_cast<int>(lk_dim);
+      block.gdr.head_v_dim = static_cast<int>(lv_dim);
+      block.gdr.conv_kernel = static_cast<int>(conv);
+    } else if (type == "full_attention") {
+      block.mixer = MixerKind::kGlobalAttention;
+      block.attention.num_heads = static_cast<int>(heads);
+      block.attention.num_kv_heads = static_cast<int>(kv_heads);
+      block.attention.head_dim = static_cast<int>(head_dim);
+      block.attention.rotary_dim = rotary_dim;
+      block.attention.rope_theta = static_cast<float>(theta);
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": unsupported layer type \"", type, "\" in layer_types"));
+    }
+    spec.blocks.push_back(block);
+  }
+  return spec;
+}
+
+}  // namespace
+
+const char* MixerKindName(MixerKind kind) {
+  switch (kind) {
+    case MixerKind::kGatedDeltaRule:
+      return "gated_delta_rule";
+    case MixerKind::kGlobalAttention:
+      return "global_attention";
+    case MixerKind::kSlidingWindowAttention:
+      return "sliding_window_attention";
+    case MixerKind::kLinearAttention:
+      return "linear_attention";
+    case MixerKind::kPowerAttention:
+      return "power_attention";
+  }
+  return "?";
+}
+
+int64_t ModelSpec::RecurrentStateBytes() const {
+  int64_t bytes = 0;
+  for (const BlockSpec& b : blocks) {
+    if (b.mixer == MixerKind::kGatedDeltaRule) {
+      bytes +=
+          int64_t{4} * b.gdr.num_v_heads * b.gdr.head_k_dim * b.gdr.head_v_dim;
+      bytes += int64_t{4} * b.gdr.conv_dim() * (b.gdr.conv_kernel - 1);
+    }
+  }
+  return bytes;
+}
+
+int64_t ModelSpec::KvBytesPerToken() const {
+  int64_t bytes = 0;
+  for (const BlockSpec& b : blocks) {
+    if (b.mixer == MixerKind::kGlobalAttention ||
+        b.mixer == MixerKind::kSlidingWindowAttention) {
+      bytes += int64_t{4} * 2 * b.attention.num_kv_heads * b.attention.head_dim;
+    }
+  }
+  return bytes;
+}
+
+absl::StatusOr<ModelSpec> ParseModelConfig(std::string_view json_text,
+                                           const std::string& source) {
+  json j = json::parse(json_text.begin(), json_text.end(), nullptr,
+                       /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": not a JSON object"));
+  }
+  if (!j.contains("model_type") || !j["model_type"].is_string()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": field model_type is missing"));
+  }
+  const std::string model_type = j["model_type"].get<std::string>();
+  if (model_type == "qwen3_5") {
+    // The vision-language wrapper: the language model's config is nested.
+    if (!j.contains("text_config") || !j["text_config"].is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": model_type qwen3_5 needs a text_config object"));
+    }
+    json text = j["text_config"];
+    if (!text.contains("tie_word_embeddings") &&
+        j.contains("tie_word_embeddings")) {
+      text["tie_word_embeddings"] = j["tie_word_embeddings"];
+    }
+    if (!text.contains("eos_token_id") && j.contains("eos_token_id")) {
+      text["eos_token_id"] = j["eos_token_id"];
+    }
+    DS_ASSIGN_OR_RETURN(ModelSpec spec,
+                        ParseQwenHybrid(text, model_type, source));
+    return spec;
+  }
+  if (model_type == "qwen3_5_text") {
+    return ParseQwenHybrid(j, model_type, source);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(source, ": unknown model_type \"", model_type,
+                   "\" (supported: qwen3_5, qwen3_5_text)"));
+}
+
+}  // namespace deltaserve

@@ -1,0 +1,144 @@
+#include "engine/model/weights.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/status.h"
+
+namespace deltaserve {
+namespace {
+
+absl::StatusOr<Weight> Load(const Checkpoint& ckpt, const std::string& name,
+                            std::vector<int64_t> shape) {
+  DS_ASSIGN_OR_RETURN(const TensorEntry* e, ckpt.Get(name));
+  if (e->shape != shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", name, " in ", ckpt.dir(), " has shape ", e->ShapeString(),
+        ", expected [", absl::StrJoin(shape, ", "), "]"));
+  }
+  Weight w;
+  w.shape = std::move(shape);
+  w.data.resize(static_cast<size_t>(e->numel()));
+  DS_RETURN_IF_ERROR(ToF32(*e, w.data.data(), w.data.size()));
+  return w;
+}
+
+// Qwen3.5 / Qwen3-Next names: text weights under `model.` or, in the
+// vision-language checkpoints, `model.language_model.`.
+absl::StatusOr<ModelWeights> LoadQwenHybrid(const ModelSpec& spec,
+                                            const Checkpoint& ckpt) {
+  const std::string p =
+      ckpt.Find("model.language_model.embed_tokens.weight") != nullptr
+          ? "model.language_model."
+          : "model.";
+  const int64_t d = spec.hidden_size;
+  const int64_t v = spec.vocab_size;
+  ModelWeights w;
+  DS_ASSIGN_OR_RETURN(w.embed, Load(ckpt, p + "embed_tokens.weight", {v, d}));
+  DS_ASSIGN_OR_RETURN(w.final_norm, Load(ckpt, p + "norm.weight", {d}));
+  if (ckpt.Find("lm_head.weight") != nullptr) {
+    DS_ASSIGN_OR_RETURN(w.lm_head, Load(ckpt, "lm_head.weight", {v, d}));
+  } else {  // Tied: LmHead() returns the embedding.
+  }
+  for (int i = 0; i < spec.num_layers(); ++i) {
+    const BlockSpec& bs = spec.blocks[i];
+    const std::string l = absl::StrCat(p, "layers.", i, ".");
+    BlockWeights b;
+    const int64_t inter = bs.intermediate_size;
+    DS_ASSIGN_OR_RETURN(b.input_norm,
+                        Load(ckpt, l + "input_layernorm.weight", {d}));
+    DS_ASSIGN_OR_RETURN(b.post_norm,
+                        Load(ckpt, l + "post_attention_layernorm.weight", {d}));
+    DS_ASSIGN_OR_RETURN(b.gate_proj,
+                        Load(ckpt, l + "mlp.gate_proj.weight", {inter, d}));
+    DS_ASSIGN_OR_RETURN(b.up_proj,
+                        Load(ckpt, l + "mlp.up_proj.weight", {inter, d}));
+    DS_ASSIGN_OR_RETURN(b.down_proj,
+                        Load(ckpt, l + "mlp.down_proj.weight", {d, inter}));
+    if (bs.mixer == MixerKind::kGatedDeltaRule) {
+      const GatedDeltaRuleSpec& g = bs.gdr;
+      const std::string m = l + "linear_attn.";
+      GatedDeltaRuleWeights& gw = b.gdr;
+      DS_ASSIGN_OR_RETURN(gw.in_proj_qkv, Load(ckpt, m + "in_proj_qkv.weight",
+                                               {g.conv_dim(), d}));
+      DS_ASSIGN_OR_RETURN(
+          gw.in_proj_z, Load(ckpt, m + "in_proj_z.weight", {g.value_dim(), d}));
+      DS_ASSIGN_OR_RETURN(
+          gw.in_proj_b, Load(ckpt, m + "in_proj_b.weight", {g.num_v_heads, d}));
+      DS_ASSIGN_OR_RETURN(
+          gw.in_proj_a, Load(ckpt, m + "in_proj_a.weight", {g.num_v_heads, d}));
+      DS_ASSIGN_OR_RETURN(gw.conv, Load(ckpt, m + "conv1d.weight",
+                                        {g.conv_dim(), 1, g.conv_kernel}));
+      gw.conv.shape = {g.conv_dim(), g.conv_kernel};
+      DS_ASSIGN_OR_RETURN(gw.a_log, Load(ckpt, m + "A_log", {g.num_v_heads}));
+      DS_ASSIGN_OR_RETURN(gw.dt_bias,
+                          Load(ckpt, m + "dt_bias", {g.num_v_heads}));
+      DS_ASSIGN_OR_RETURN(gw.norm,
+                          Load(ckpt, m + "norm.weight", {g.head_v_dim}));
+      DS_ASSIGN_OR_RETURN(
+          gw.out_proj, Load(ckpt, m + "out_proj.weight", {d, g.value_dim()}));
+    } else {
+      const AttentionSpec& a = bs.attention;
+      const std::string m = l + "self_attn.";
+      AttentionWeights& aw = b.attention;
+      const int64_t q_rows =
+          int64_t{a.num_heads} * a.head_dim * (a.output_gate ? 2 : 1);
+      const int64_t kv_rows = int64_t{a.num_kv_heads} * a.head_dim;
+      DS_ASSIGN_OR_RETURN(aw.q_proj,
+                          Load(ckpt, m + "q_proj.weight", {q_rows, d}));
+      DS_ASSIGN_OR_RETURN(aw.k_proj,
+                          Load(ckpt, m + "k_proj.weight", {kv_rows, d}));
+      DS_ASSIGN_OR_RETURN(aw.v_proj,
+                          Load(ckpt, m + "v_proj.weight", {kv_rows, d}));
+      DS_ASSIGN_OR_RETURN(aw.o_proj,
+                          Load(ckpt, m + "o_proj.weight",
+                               {d, int64_t{a.num_heads} * a.head_dim}));
+      if (a.qk_norm) {
+        DS_ASSIGN_OR_RETURN(aw.q_norm,
+                            Load(ckpt, m + "q_norm.weight", {a.head_dim}));
+        DS_ASSIGN_OR_RETURN(aw.k_norm,
+                            Load(ckpt, m + "k_norm.weight", {a.head_dim}));
+      }
+    }
+    w.blocks.push_back(std::move(b));
+  }
+  return w;
+}
+
+int64_t Count(const Weight& w) { return static_cast<int64_t>(w.data.size()); }
+
+}  // namespace
+
+TensorView Weight::view() const {
+  float* p = const_cast<float*>(data.data());
+  if (shape.size() == 1) return TensorView::F32(p, {shape[0]});
+  int64_t cols = shape.back();
+  return TensorView::F32(p, {static_cast<int64_t>(data.size()) / cols, cols});
+}
+
+int64_t ModelWeights::NumParameters() const {
+  int64_t n = Count(embed) + Count(final_norm) + Count(lm_head);
+  for (const BlockWeights& b : blocks) {
+    for (const Weight* w :
+         {&b.input_norm,       &b.post_norm,        &b.gate_proj,
+          &b.up_proj,          &b.down_proj,        &b.gdr.in_proj_qkv,
+          &b.gdr.in_proj_z,    &b.gdr.in_proj_b,    &b.gdr.in_proj_a,
+          &b.gdr.conv,         &b.gdr.a_log,        &b.gdr.dt_bias,
+          &b.gdr.norm,         &b.gdr.out_proj,     &b.attention.q_proj,
+          &b.attention.k_proj, &b.attention.v_proj, &b.attention.o_proj,
+          &b.attention.q_norm, &b.attention.k_norm}) {
+      n += Count(*w);
+    }
+  }
+  return n;
+}
+
+absl::StatusOr<ModelWeights> LoadWeights(const ModelSpec& spec,
+                                         const Checkpoint& ckpt) {
+  if (spec.model_type == "qwen3_5" || spec.model_type == "qwen3_5_text") {
+    return LoadQwenHybrid(spec, ckpt);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("no weight layout for model_type ", spec.model_type));
+}
+
+}  // namespace deltaserve
