@@ -1,0 +1,279 @@
+// The CPU model runner against independent reference outputs: the
+// qwen35-tiny fixture (float64 reference) and the demo model's golden.json.
+#include "engine/runner/model_runner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+
+#include "engine/model/model.h"
+#include "engine/model/safetensors.h"
+#include "engine/state/state_pool.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "nlohmann/json.hpp"
+
+namespace deltaserve {
+namespace {
+
+constexpr char kTinyDir[] = "tests/testdata/qwen35-tiny";
+constexpr char kDemoDir[] = "engine/model/demo-qwen35";
+
+double RelErr(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
+    den += double{b[i]} * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+int32_t Argmax(const float* row, int n) {
+  int32_t best = 0;
+  for (int i = 1; i < n; ++i) {
+    if (row[i] > row[best]) best = i;
+  }
+  return best;
+}
+
+std::vector<int32_t> I64ToI32(const TensorEntry& e) {
+  std::vector<int32_t> out(e.numel());
+  for (int64_t i = 0; i < e.numel(); ++i) {
+    int64_t v;
+    std::memcpy(&v, e.data + 8 * i, 8);
+    out[i] = static_cast<int32_t>(v);
+  }
+  return out;
+}
+
+std::vector<float> F32Of(const TensorEntry& e) {
+  std::vector<float> out(e.numel());
+  EXPECT_TRUE(ToF32(e, out.data(), out.size()).ok());
+  return out;
+}
+
+// One model, its kernels and state, and a helper that feeds a sequence.
+class Harness {
+ public:
+  explicit Harness(const std::string& dir) {
+    auto model = Model::Load(dir);
+    EXPECT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    auto kernels = CpuKernels::Create({});
+    EXPECT_TRUE(kernels.ok());
+    kernels_ = std::move(*kernels);
+    StatePool::Options po;
+    po.max_slots = 4;
+    po.kv_capacity_tokens = 4096;
+    auto pool = StatePool::Create(model_->spec(), po);
+    EXPECT_TRUE(pool.ok());
+    pool_ = std::move(*pool);
+    runner_ = std::make_unique<ModelRunner>(model_.get(), kernels_.get(),
+                                            pool_.get());
+  }
+
+  struct Seq {
+    int slot = -1;
+    std::vector<int32_t> pages;
+    int64_t pos = 0;
+  };
+
+  Seq NewSeq() {
+    Seq s;
+    s.slot = *pool_->AllocateSlot();
+    return s;
+  }
+
+  // Feeds `tokens` in chunks of `chunk`; returns the logits of every token.
+  std::vector<float> Feed(Seq* s, const std::vector<int32_t>& tokens,
+                          size_t chunk) {
+    std::vector<float> all, logits;
+    for (size_t at = 0; at < tokens.size(); at += chunk) {
+      const size_t n = std::min(chunk, tokens.size() - at);
+      EXPECT_TRUE(pool_->EnsureCapacity(&s->pages, s->pos + n).ok());
+      SequenceInput in;
+      in.slot = s->slot;
+      in.pages = &s->pages;
+      in.start_pos = s->pos;
+      in.tokens = absl::MakeConstSpan(tokens.data() + at, n);
+      absl::Status st = runner_->Forward({in}, /*all_logits=*/true, &logits);
+      EXPECT_TRUE(st.ok()) << st;
+      all.insert(all.end(), logits.begin(), logits.end());
+      s->pos += n;
+    }
+    return all;
+  }
+
+  // Greedy continuation of `n` tokens after logits row `last`.
+  std::vector<int32_t> Greedy(Seq* s, const float* last, int n) {
+    const int v = model_->spec().vocab_size;
+    std::vector<int32_t> out;
+    int32_t tok = Argmax(last, v);
+    for (int i = 0; i < n; ++i) {
+      out.push_back(tok);
+      if (i + 1 == n) break;
+      std::vector<float> logits = Feed(s, {tok}, 1);
+      tok = Argmax(logits.data(), v);
+    }
+    return out;
+  }
+
+  const Model& model() const { return *model_; }
+  StatePool& pool() { return *pool_; }
+  ModelRunner& runner() { return *runner_; }
+
+ private:
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<CpuKernels> kernels_;
+  std::unique_ptr<StatePool> pool_;
+  std::unique_ptr<ModelRunner> runner_;
+};
+
+class Qwen35TinyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto golden =
+        SafetensorsFile::Open(std::string(kTinyDir) + "/golden.safetensors");
+    ASSERT_TRUE(golden.ok()) << golden.status();
+    golden_ = std::move(*golden);
+    prompt_ = I64ToI32(golden_->tensors().at("prompt_ids"));
+    prefill_ = F32Of(golden_->tensors().at("prefill_logits"));
+  }
+  std::unique_ptr<SafetensorsFile> golden_;
+  std::vector<int32_t> prompt_;
+  std::vector<float> prefill_;
+};
+
+TEST_F(Qwen35TinyTest, PrefillLogitsMatchReference) {
+  Harness h(kTinyDir);
+  Harness::Seq s = h.NewSeq();
+  std::vector<float> logits = h.Feed(&s, prompt_, prompt_.size());
+  ASSERT_EQ(logits.size(), prefill_.size());
+  EXPECT_LT(RelErr(logits.data(), prefill_.data(), prefill_.size()), 1e-4);
+}
+
+TEST_F(Qwen35TinyTest, EveryChunkingGivesTheSameLogits) {
+  for (size_t chunk : {1, 7, 37, 64, 200}) {
+    Harness h(kTinyDir);
+    Harness::Seq s = h.NewSeq();
+    std::vector<float> logits = h.Feed(&s, prompt_, chunk);
+    ASSERT_EQ(logits.size(), prefill_.size());
+    EXPECT_LT(RelErr(logits.data(), prefill_.data(), prefill_.size()), 1e-4)
+        << "chunk " << chunk;
+  }
+}
+
+TEST_F(Qwen35TinyTest, GreedyContinuationMatchesReference) {
+  Harness h(kTinyDir);
+  Harness::Seq s = h.NewSeq();
+  const int v = h.model().spec().vocab_size;
+  std::vector<float> logits = h.Feed(&s, prompt_, 64);
+  std::vector<int32_t> want = I64ToI32(golden_->tensors().at("greedy_ids"));
+  std::vector<int32_t> got =
+      h.Greedy(&s, logits.data() + (prompt_.size() - 1) * v, want.size());
+  EXPECT_EQ(got, want);
+}
+
+TEST_F(Qwen35TinyTest, AttentionCacheMatchesReferenceKeysAndValues) {
+  Harness h(kTinyDir);
+  Harness::Seq s = h.NewSeq();
+  h.Feed(&s, prompt_, 50);
+  const auto& ref_k = golden_->tensors().at("state.3.keys");  // [Hkv, T, D]
+  const auto& ref_v = golden_->tensors().at("state.3.values");
+  const std::vector<float> want_k = F32Of(ref_k), want_v = F32Of(ref_v);
+  const int64_t hkv = ref_k.shape[0], t = ref_k.shape[1], d = ref_k.shape[2];
+  const TensorView kp = h.pool().k_pages(3), vp = h.pool().v_pages(3);
+  const int page = h.pool().page_size();
+  std::vector<float> got_k(want_k.size()), got_v(want_v.size());
+  for (int64_t hh = 0; hh < hkv; ++hh) {
+    for (int64_t p = 0; p < t; ++p) {
+      const int64_t phys = s.pages[p / page];
+      const int64_t off = ((phys * page + p % page) * hkv + hh) * d;
+      for (int64_t i = 0; i < d; ++i) {
+        got_k[(hh * t + p) * d + i] = kp.f32()[off + i];
+        got_v[(hh * t + p) * d + i] = vp.f32()[off + i];
+      }
+    }
+  }
+  EXPECT_LT(RelErr(got_k.data(), want_k.data(), want_k.size()), 1e-4);
+  EXPECT_LT(RelErr(got_v.data(), want_v.data(), want_v.size()), 1e-4);
+}
+
+TEST_F(Qwen35TinyTest, BatchedSequencesMatchSingleSequences) {
+  Harness h(kTinyDir);
+  const int v = h.model().spec().vocab_size;
+  // Two sequences of different lengths fed together in one varlen batch.
+  Harness::Seq a = h.NewSeq(), b = h.NewSeq();
+  std::vector<int32_t> pa(prompt_.begin(), prompt_.begin() + 130);
+  std::vector<int32_t> pb(prompt_.begin() + 10, prompt_.begin() + 83);
+  ASSERT_TRUE(h.pool().EnsureCapacity(&a.pages, pa.size()).ok());
+  ASSERT_TRUE(h.pool().EnsureCapacity(&b.pages, pb.size()).ok());
+  std::vector<SequenceInput> batch(2);
+  batch[0] = {a.slot, &a.pages, 0, absl::MakeConstSpan(pa)};
+  batch[1] = {b.slot, &b.pages, 0, absl::MakeConstSpan(pb)};
+  std::vector<float> logits;
+  ASSERT_TRUE(h.runner().Forward(batch, /*all_logits=*/false, &logits).ok());
+  ASSERT_EQ(logits.size(), 2u * v);
+  // Reference for a: the fixture's logits at position 129.
+  EXPECT_LT(RelErr(logits.data(), prefill_.data() + 129 * v, v), 1e-4);
+  Harness single(kTinyDir);
+  Harness::Seq sb = single.NewSeq();
+  std::vector<float> want_b = single.Feed(&sb, pb, pb.size());
+  EXPECT_LT(RelErr(logits.data() + v, want_b.data() + (pb.size() - 1) * v, v),
+            1e-5);
+}
+
+TEST(ModelRunnerTest, RejectsOutOfVocabularyToken) {
+  Harness h(kTinyDir);
+  Harness::Seq s = h.NewSeq();
+  ASSERT_TRUE(h.pool().EnsureCapacity(&s.pages, 1).ok());
+  const int32_t bad = h.model().spec().vocab_size;
+  SequenceInput in{s.slot, &s.pages, 0, absl::MakeConstSpan(&bad, 1)};
+  std::vector<float> logits;
+  EXPECT_EQ(h.runner().Forward({in}, false, &logits).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// The demo model against its golden.json (HF reference, fp32).
+TEST(DemoModelTest, ReproducesGoldenLogitsAndGreedyContinuations) {
+  std::ifstream in(std::string(kDemoDir) + "/golden.json");
+  ASSERT_TRUE(in.good());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json golden = nlohmann::json::parse(ss.str());
+  Harness h(kDemoDir);
+  const int v = h.model().spec().vocab_size;
+  ASSERT_EQ(golden["prompts"].size(), 3u);
+  for (const auto& p : golden["prompts"]) {
+    SCOPED_TRACE(p["name"].get<std::string>());
+    std::vector<int32_t> prompt = p["prompt_ids"].get<std::vector<int32_t>>();
+    // The tokenizer produces the reference's prompt ids.
+    auto encoded = h.model().tokenizer()->Encode(p["text"].get<std::string>());
+    ASSERT_TRUE(encoded.ok());
+    EXPECT_EQ(*encoded, prompt);
+    Harness::Seq s = h.NewSeq();
+    std::vector<float> logits = h.Feed(&s, prompt, 16);
+    const float* last = logits.data() + (prompt.size() - 1) * v;
+    std::vector<float> want = p["last_logits"].get<std::vector<float>>();
+    ASSERT_EQ(want.size(), static_cast<size_t>(v));
+    EXPECT_LT(RelErr(last, want.data(), v), 1e-4);
+    std::vector<int32_t> top5(v);
+    std::iota(top5.begin(), top5.end(), 0);
+    std::partial_sort(top5.begin(), top5.begin() + 5, top5.end(),
+                      [&](int a, int b) { return last[a] > last[b]; });
+    top5.resize(5);
+    EXPECT_EQ(top5, p["last_top5_ids"].get<std::vector<int32_t>>());
+    std::vector<int32_t> greedy = h.Greedy(&s, last, 32);
+    EXPECT_EQ(greedy, p["greedy32_ids"].get<std::vector<int32_t>>());
+    EXPECT_EQ(h.model().tokenizer()->Decode(greedy),
+              p["greedy32_text"].get<std::string>());
+    h.pool().FreeSlot(s.slot);
+    h.pool().FreePages(&s.pages);
+  }
+}
+
+}  // namespace
+}  // namespace deltaserve
