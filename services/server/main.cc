@@ -1,0 +1,155 @@
+// deltaserve-server: serves one model over gRPC until SIGINT or SIGTERM.
+//
+//   deltaserve-server [--model=DIR] [--listen=HOST:PORT] [--device=cpu]
+//
+// Without --model it serves the embedded demo model. Once serving it prints
+// one line, "deltaserve-server listening on HOST:PORT (model NAME, device
+// DEVICE)", to stdout.
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "engine/engine.h"
+#include "services/server/server.h"
+
+ABSL_FLAG(std::string, model, "",
+          "Model directory (config.json, *.safetensors, tokenizer.json); "
+          "empty serves the embedded demo model.");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "Address to serve gRPC on; port 0 picks a free port.");
+ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu or cuda.");
+ABSL_FLAG(int, max_batch_size, deltaserve::Engine::Options().max_batch_size,
+          "Sequences generated together.");
+ABSL_FLAG(int64_t, kv_cache_tokens,
+          deltaserve::Engine::Options().kv_capacity_tokens,
+          "Tokens of attention KV cache, over all sequences.");
+ABSL_FLAG(int, max_new_tokens_limit,
+          deltaserve::Engine::Options().max_new_tokens_limit,
+          "Largest max_new_tokens a request may ask for.");
+ABSL_FLAG(int, prefill_chunk_tokens,
+          deltaserve::Engine::Options().prefill_chunk_tokens,
+          "Prompt tokens prefilled per engine step, over all requests.");
+ABSL_FLAG(int, threads, 0, "CPU kernel threads; 0 keeps the default.");
+
+namespace deltaserve {
+namespace {
+
+constexpr char kDemoModel[] = "engine/model/demo-qwen35";
+
+bool IsModelDir(const std::string& dir) {
+  std::error_code ec;
+  return std::filesystem::exists(std::filesystem::path(dir) / "config.json",
+                                 ec);
+}
+
+// Where the embedded demo model may be: in the binary's runfiles (bazel
+// run, bazel-bin/...), in the runfiles of a test that runs the binary, under
+// the working directory, or in the workspace that `bazel run` came from.
+std::vector<std::string> DemoModelCandidates(const char* argv0) {
+  const std::string in_runfiles = absl::StrCat("deltaserve/", kDemoModel);
+  std::vector<std::string> candidates;
+  candidates.push_back(absl::StrCat(argv0, ".runfiles/", in_runfiles));
+  std::error_code ec;
+  const std::filesystem::path exe =
+      std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    candidates.push_back(absl::StrCat(exe.string(), ".runfiles/", in_runfiles));
+  }
+  for (const char* var : {"RUNFILES_DIR", "TEST_SRCDIR"}) {
+    if (const char* dir = std::getenv(var); dir != nullptr && *dir != '\0') {
+      candidates.push_back(absl::StrCat(dir, "/", in_runfiles));
+    }
+  }
+  candidates.push_back(kDemoModel);
+  if (const char* dir = std::getenv("BUILD_WORKSPACE_DIRECTORY");
+      dir != nullptr && *dir != '\0') {
+    candidates.push_back(absl::StrCat(dir, "/", kDemoModel));
+  }
+  return candidates;
+}
+
+int Run(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves a hybrid linear-attention language model over gRPC.\n"
+      "Usage: deltaserve-server [--model=DIR] [--listen=HOST:PORT] "
+      "[--device=cpu|cuda]");
+  absl::ParseCommandLine(argc, argv);
+
+  ServerOptions options;
+  options.model_dir = absl::GetFlag(FLAGS_model);
+  if (options.model_dir.empty()) {
+    const std::vector<std::string> candidates = DemoModelCandidates(argv[0]);
+    for (const std::string& dir : candidates) {
+      if (IsModelDir(dir)) {
+        options.model_dir = dir;
+        break;
+      }
+    }
+    if (options.model_dir.empty()) {
+      absl::FPrintF(stderr,
+                    "deltaserve-server: error: no --model given and the demo "
+                    "model is not in any of: %s\n",
+                    absl::StrJoin(candidates, ", "));
+      return 1;
+    }
+  }
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.num_threads = absl::GetFlag(FLAGS_threads);
+  options.engine.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  options.engine.kv_capacity_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
+  options.engine.max_new_tokens_limit =
+      absl::GetFlag(FLAGS_max_new_tokens_limit);
+  options.engine.default_max_new_tokens =
+      std::min(options.engine.default_max_new_tokens,
+               options.engine.max_new_tokens_limit);
+  options.engine.prefill_chunk_tokens =
+      absl::GetFlag(FLAGS_prefill_chunk_tokens);
+
+  // Every thread started from here on (gRPC's, the engine's) inherits the
+  // blocked mask, so the signals are only ever taken by sigwait below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(options);
+  if (!server.ok()) {
+    absl::FPrintF(stderr, "deltaserve-server: error: %s\n",
+                  server.status().ToString());
+    return 1;
+  }
+  absl::PrintF("deltaserve-server listening on %s (model %s, device %s)\n",
+               (*server)->address(), (*server)->model().name(), options.device);
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  while (sigwait(&signals, &signal_number) != 0) {
+  }
+  absl::FPrintF(stderr, "deltaserve-server: %s, shutting down\n",
+                signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  (*server)->Shutdown();
+  (*server)->Wait();
+  server->reset();
+  return 0;
+}
+
+}  // namespace
+}  // namespace deltaserve
+
+int main(int argc, char** argv) { return deltaserve::Run(argc, argv); }

@@ -1,0 +1,120 @@
+#include "services/server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <chrono>
+#include <cstdint>
+#include <utility>
+
+#include "absl/random/random.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/status.h"
+#include "services/server/inference_service.h"
+#include "services/server/models_service.h"
+
+namespace deltaserve {
+namespace {
+
+// How long calls still open at shutdown get to finish before they are
+// cancelled.
+constexpr std::chrono::milliseconds kShutdownGrace(2000);
+
+absl::StatusOr<std::unique_ptr<Kernels>> CreateKernels(
+    const ServerOptions& options) {
+  if (options.device == "cpu") {
+    CpuKernels::Options cpu_options;
+    cpu_options.num_threads = options.num_threads;
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<CpuKernels> kernels,
+                        CpuKernels::Create(cpu_options));
+    return std::unique_ptr<Kernels>(std::move(kernels));
+  }
+  if (options.device == "cuda") {
+    return absl::FailedPreconditionError(
+        "device \"cuda\": this build has no CUDA support");
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "device must be \"cpu\" or \"cuda\", got \"", options.device, "\""));
+}
+
+}  // namespace
+
+Server::Server(const ServerOptions& options) : options_(options) {}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(
+    const ServerOptions& options) {
+  if (options.listen.empty()) {
+    return absl::InvalidArgumentError("listen address is empty");
+  }
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<Kernels> kernels, CreateKernels(options));
+  auto server = std::unique_ptr<Server>(new Server(options));
+  DS_ASSIGN_OR_RETURN(server->model_, Model::Load(options.model_dir));
+  DS_ASSIGN_OR_RETURN(
+      server->engine_,
+      Engine::Create(server->model_.get(), std::move(kernels), options.engine));
+  absl::BitGen bitgen;
+  server->inference_service_ = std::make_unique<InferenceService>(
+      server->engine_.get(), absl::Uniform<uint64_t>(bitgen));
+  server->models_service_ =
+      std::make_unique<ModelsService>(server->engine_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
+                           &server->port_);
+  builder.RegisterService(server->inference_service_.get());
+  builder.RegisterService(server->models_service_.get());
+  server->grpc_server_ = builder.BuildAndStart();
+  if (server->grpc_server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen));
+  }
+  // The server as a whole ("") is SERVING by default; so is each service.
+  if (grpc::HealthCheckServiceInterface* health =
+          server->grpc_server_->GetHealthCheckService()) {
+    health->SetServingStatus(v1::Inference::service_full_name(), true);
+    health->SetServingStatus(v1::Models::service_full_name(), true);
+  }
+  return server;
+}
+
+Server::~Server() {
+  Shutdown();
+  Wait();
+  // The gRPC server goes first: its handlers use the services and engine.
+  grpc_server_.reset();
+}
+
+std::string Server::address() const {
+  const size_t colon = options_.listen.rfind(':');
+  if (colon == std::string::npos) return options_.listen;
+  return absl::StrCat(options_.listen.substr(0, colon), ":", port_);
+}
+
+void Server::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) return;
+    shutting_down_ = true;
+  }
+  if (grpc_server_ == nullptr) {
+    if (engine_ != nullptr) engine_->Shutdown();
+    return;
+  }
+  if (grpc::HealthCheckServiceInterface* health =
+          grpc_server_->GetHealthCheckService()) {
+    health->Shutdown();
+  }
+  engine_->Shutdown();
+  grpc_server_->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
+}
+
+void Server::Wait() {
+  if (grpc_server_ != nullptr) grpc_server_->Wait();
+}
+
+}  // namespace deltaserve

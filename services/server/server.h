@@ -1,0 +1,92 @@
+// The deltaserve server's composition root: the one place that picks the
+// concrete kernels, loads the model, creates the Engine and serves it over
+// gRPC (Inference, Models, grpc.health.v1 and server reflection).
+#ifndef DELTASERVE_SERVICES_SERVER_SERVER_H_
+#define DELTASERVE_SERVICES_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/engine.h"
+#include "engine/model/model.h"
+
+namespace grpc {
+class Server;
+}  // namespace grpc
+
+namespace deltaserve {
+
+class InferenceService;
+class ModelsService;
+
+struct ServerOptions {
+  // Directory of the model checkpoint (config.json, *.safetensors and
+  // optionally tokenizer.json).
+  std::string model_dir;
+  // gRPC listening address; port 0 picks a free port (see Server::port()).
+  std::string listen = "127.0.0.1:50051";
+  // "cpu" or "cuda".
+  std::string device = "cpu";
+  Engine::Options engine;
+  // Threads of the CPU kernels; 0 keeps the BLAS library's default.
+  int num_threads = 0;
+};
+
+// A running deltaserve server. Owns the model, the engine and the gRPC
+// server. Thread-safe: Shutdown may be called from any thread (e.g. a
+// signal handler thread) while another waits in Wait().
+class Server {
+ public:
+  // Creates the kernels for `options.device`, loads the model, starts the
+  // engine and starts serving on `options.listen`. Errors:
+  //   INVALID_ARGUMENT    unknown device, bad engine options or a malformed
+  //                       model (as Model::Load);
+  //   FAILED_PRECONDITION device "cuda" in a build without CUDA support;
+  //   NOT_FOUND           the model directory or its files are missing;
+  //   UNAVAILABLE         the address cannot be listened on.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(
+      const ServerOptions& options);
+
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  // Shuts down and waits.
+  ~Server();
+
+  // The port that the server listens on (the one picked when the requested
+  // port was 0).
+  int port() const { return port_; }
+  // "HOST:PORT" with the requested host and the bound port.
+  std::string address() const;
+  const ServerOptions& options() const { return options_; }
+  const Model& model() const { return *model_; }
+  Engine& engine() { return *engine_; }
+
+  // Reports NOT_SERVING to health checks, stops the engine (active
+  // generations end with FINISH_REASON_CANCELLED, new ones get UNAVAILABLE)
+  // and then shuts the gRPC server down, cancelling calls still open after a
+  // short grace period. Idempotent.
+  void Shutdown();
+  // Blocks until the gRPC server has shut down.
+  void Wait();
+
+ private:
+  explicit Server(const ServerOptions& options);
+
+  const ServerOptions options_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<InferenceService> inference_service_;
+  std::unique_ptr<ModelsService> models_service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  int port_ = 0;
+
+  absl::Mutex mu_;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace deltaserve
+
+#endif  // DELTASERVE_SERVICES_SERVER_SERVER_H_

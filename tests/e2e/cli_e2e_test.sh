@@ -1,0 +1,114 @@
+#!/bin/bash
+# Starts deltaserve-server (its embedded demo model, a free port), drives it
+# with deltaserve-cli, then stops it with SIGTERM and checks a clean exit.
+# Every wait has a deadline, so the test fails rather than hangs.
+set -uo pipefail
+
+readonly RUNFILES="${TEST_SRCDIR:?}/deltaserve"
+readonly SERVER="${RUNFILES}/services/server/deltaserve-server"
+readonly CLI="${RUNFILES}/clients/cli/deltaserve-cli"
+readonly WORK="$(mktemp -d "${TEST_TMPDIR:-/tmp}/cli_e2e.XXXXXX")"
+readonly CLI_TIMEOUT=60
+
+SERVER_PID=""
+cleanup() {
+  if [[ -n "${SERVER_PID}" ]] && kill -0 "${SERVER_PID}" 2>/dev/null; then
+    kill -KILL "${SERVER_PID}" 2>/dev/null
+  fi
+  exec 3<&- 2>/dev/null
+}
+trap cleanup EXIT
+
+fail() {
+  echo "FAIL: $*" >&2
+  if [[ -f "${WORK}/server.err" ]]; then
+    echo "--- server stderr:" >&2
+    cat "${WORK}/server.err" >&2
+  fi
+  exit 1
+}
+
+# The server's stdout goes through a FIFO so that the test blocks (with a
+# deadline) on its "listening on" line instead of polling for it.
+mkfifo "${WORK}/server.out"
+"${SERVER}" --listen=127.0.0.1:0 --threads=1 --max_batch_size=4 \
+  --kv_cache_tokens=4096 >"${WORK}/server.out" 2>"${WORK}/server.err" &
+SERVER_PID=$!
+exec 3<"${WORK}/server.out"
+if ! read -r -t 120 -u 3 LINE; then
+  fail "the server printed no 'listening on' line within 120 s"
+fi
+echo "server: ${LINE}"
+[[ "${LINE}" =~ ^deltaserve-server\ listening\ on\ 127\.0\.0\.1:([0-9]+)\ \(model\ demo-qwen35,\ device\ cpu\)$ ]] ||
+  fail "unexpected first line: ${LINE}"
+readonly PORT="${BASH_REMATCH[1]}"
+[[ "${PORT}" -gt 0 ]] || fail "port ${PORT}"
+
+cli() {
+  timeout "${CLI_TIMEOUT}" "${CLI}" --server="127.0.0.1:${PORT}" "$@"
+}
+
+# Text prompt, greedy, with the ids printed after the text.
+cli generate --prompt="import os" --max_new_tokens=16 --temperature=0 \
+  --print_token_ids >"${WORK}/gen.out" 2>"${WORK}/gen.err"
+rc=$?
+[[ ${rc} -eq 0 ]] || fail "generate exited ${rc}: $(cat "${WORK}/gen.err")"
+IDS="$(tail -n 1 "${WORK}/gen.out")"
+TEXT="$(head -n -1 "${WORK}/gen.out")"
+echo "generated text: ${TEXT}"
+echo "generated ids: ${IDS}"
+[[ -n "${TEXT//[[:space:]]/}" ]] || fail "no text generated"
+[[ "${IDS}" =~ ^[0-9]+(,[0-9]+)*$ ]] || fail "ids line is '${IDS}'"
+IFS=',' read -r -a ID_ARRAY <<<"${IDS}"
+[[ ${#ID_ARRAY[@]} -eq 16 ]] || fail "expected 16 ids, got ${#ID_ARRAY[@]}"
+
+# Token-id input: "import os\n\ndef " continues greedily as golden.json's
+# prompts[0].greedy32_ids begin.
+cli generate --token_ids=838,768,305,516,223 --max_new_tokens=8 \
+  --print_token_ids >"${WORK}/ids.out" 2>"${WORK}/ids.err" ||
+  fail "generate --token_ids failed: $(cat "${WORK}/ids.err")"
+[[ "$(tail -n 1 "${WORK}/ids.out")" == "1038,836,1582,320,262,398,41,1185" ]] ||
+  fail "token-id generation gave $(tail -n 1 "${WORK}/ids.out")"
+
+# Health.
+HEALTH="$(cli health 2>"${WORK}/health.err")" ||
+  fail "health exited non-zero: $(cat "${WORK}/health.err")"
+[[ "${HEALTH}" == "SERVING" ]] || fail "health printed '${HEALTH}'"
+
+# Models.
+cli models >"${WORK}/models.out" 2>&1 || fail "models: $(cat "${WORK}/models.out")"
+grep -q "^demo-qwen35 (default)$" "${WORK}/models.out" ||
+  fail "models printed: $(cat "${WORK}/models.out")"
+
+# A malformed request: non-zero exit and the gRPC code on stderr.
+cli generate --prompt="import os" --top_p=2 >"${WORK}/bad.out" 2>"${WORK}/bad.err"
+rc=$?
+[[ ${rc} -ne 0 ]] || fail "--top_p=2 succeeded"
+[[ ${rc} -ne 124 ]] || fail "--top_p=2 timed out"
+grep -q "^error: INVALID_ARGUMENT: .*top_p" "${WORK}/bad.err" ||
+  fail "--top_p=2 stderr: $(cat "${WORK}/bad.err")"
+
+# The server is still serving after the bad request.
+cli generate --prompt="x" --max_new_tokens=2 >/dev/null 2>"${WORK}/after.err" ||
+  fail "generate after a bad request: $(cat "${WORK}/after.err")"
+
+# SIGTERM: a clean shutdown, exit status 0, within a deadline.
+kill -TERM "${SERVER_PID}"
+if ! timeout 30 tail --pid="${SERVER_PID}" -f /dev/null; then
+  fail "the server did not exit within 30 s of SIGTERM"
+fi
+wait "${SERVER_PID}"
+rc=$?
+SERVER_PID=""
+[[ ${rc} -eq 0 ]] || fail "the server exited with ${rc} after SIGTERM"
+grep -q "SIGTERM, shutting down" "${WORK}/server.err" ||
+  fail "no shutdown message from the server"
+
+# With the server gone, a call fails with UNAVAILABLE.
+cli health >/dev/null 2>"${WORK}/gone.err"
+rc=$?
+[[ ${rc} -eq 2 ]] || fail "health against a stopped server exited ${rc}"
+grep -q "^error: UNAVAILABLE" "${WORK}/gone.err" ||
+  fail "health against a stopped server: $(cat "${WORK}/gone.err")"
+
+echo "PASS"
