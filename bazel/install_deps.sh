@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package that building, serving and testing
+# deltaserve needs. Idempotent: installs only what is missing. Runs apt-get as
+# root, or through sudo when not root.
+set -euo pipefail
+
+PACKAGES=(
+  bazel-bootstrap
+  g++
+  clang-format
+  libgrpc++-dev
+  libprotobuf-dev
+  protobuf-compiler
+  protobuf-compiler-grpc
+  libabsl-dev
+  librocksdb-dev
+  prometheus-cpp-dev
+  nlohmann-json3-dev
+  libopenblas-dev
+  libre2-dev
+  libicu-dev
+  libssl-dev
+  libc-ares-dev
+  zlib1g-dev
+  libgtest-dev
+  libgmock-dev
+  libbenchmark-dev
+  coreutils
+  procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install_deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
+echo "install_deps: installing ${missing[*]}"
+"${SUDO[@]}" apt-get update -q
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
