@@ -15,61 +15,17 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/status.h"
+#include "kernels/tensor_check.h"
 
 namespace deltaserve {
 namespace {
 
-constexpr int64_t kAny = -1;
+constexpr int64_t kAny = kAnyDim;
 constexpr int64_t kMaxBlasDim = std::numeric_limits<int>::max();
 
-// "f32[?, 4]" from a dtype and expected dims (kAny prints as "?").
-std::string ExpectedSpec(DType dtype, std::initializer_list<int64_t> dims) {
-  std::string s = absl::StrCat(DTypeName(dtype), "[");
-  bool first = true;
-  for (int64_t d : dims) {
-    absl::StrAppend(&s, first ? "" : ", ");
-    if (d == kAny) {
-      absl::StrAppend(&s, "?");
-    } else {
-      absl::StrAppend(&s, d);
-    }
-    first = false;
-  }
-  absl::StrAppend(&s, "]");
-  return s;
-}
-
-// Checks that `t` is a host tensor of `dtype` whose shape matches `dims`
-// (kAny matches any size), with unit last stride and data when non-empty.
 absl::Status CheckView(const char* op, const char* name, const TensorView& t,
                        DType dtype, std::initializer_list<int64_t> dims) {
-  bool ok = t.dtype == dtype && t.ndim == static_cast<int>(dims.size());
-  if (ok) {
-    int i = 0;
-    for (int64_t d : dims) {
-      if (t.shape[i] < 0 || (d != kAny && t.shape[i] != d)) ok = false;
-      ++i;
-    }
-  }
-  if (!ok) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", name, " is ", t.DebugString(), ", expected ",
-                     ExpectedSpec(dtype, dims)));
-  }
-  if (t.device != Device::kCpu) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", name, " ", t.DebugString(), " is not in host memory"));
-  }
-  if (t.ndim > 0 && t.shape[t.ndim - 1] > 1 && t.strides[t.ndim - 1] != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", name, " ", t.DebugString(), " has last stride ",
-                     t.strides[t.ndim - 1], ", expected 1"));
-  }
-  if (t.data == nullptr && t.numel() > 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", name, " ", t.DebugString(), " has no data"));
-  }
-  return absl::OkStatus();
+  return CheckTensor(op, name, t, dtype, dims, Device::kCpu);
 }
 
 // Checks that `b` is f32 with the shape of the [R, N] tensor `a`.

@@ -7,68 +7,17 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/gated_delta_rule_step.h"
 #include "kernels/status.h"
+#include "kernels/tensor_check.h"
 
 namespace deltaserve {
 namespace {
 
 constexpr char kOp[] = "GatedDeltaRuleStep";
-constexpr int64_t kAny = -1;
+constexpr int64_t kAny = kAnyDim;
 
-// "f32[?, 4]" from a dtype and expected dims (kAny prints as "?").
-std::string ExpectedSpec(DType dtype, std::initializer_list<int64_t> dims) {
-  std::string s = absl::StrCat(DTypeName(dtype), "[");
-  const char* sep = "";
-  for (int64_t d : dims) {
-    if (d == kAny) {
-      absl::StrAppend(&s, sep, "?");
-    } else {
-      absl::StrAppend(&s, sep, d);
-    }
-    sep = ", ";
-  }
-  absl::StrAppend(&s, "]");
-  return s;
-}
-
-// Checks that `t` is a device tensor of `dtype` whose shape matches `dims`
-// (kAny matches any size), with unit last stride, non-negative outer strides
-// and data when non-empty.
 absl::Status CheckView(const char* name, const TensorView& t, DType dtype,
                        std::initializer_list<int64_t> dims) {
-  bool ok = t.dtype == dtype && t.ndim == static_cast<int>(dims.size());
-  if (ok) {
-    int i = 0;
-    for (int64_t d : dims) {
-      if (t.shape[i] < 0 || (d != kAny && t.shape[i] != d)) ok = false;
-      ++i;
-    }
-  }
-  if (!ok) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kOp, ": ", name, " is ", t.DebugString(), ", expected ",
-                     ExpectedSpec(dtype, dims)));
-  }
-  if (t.device != Device::kCuda) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kOp, ": ", name, " ", t.DebugString(), " is not in device memory"));
-  }
-  if (t.ndim > 0 && t.shape[t.ndim - 1] > 1 && t.strides[t.ndim - 1] != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kOp, ": ", name, " ", t.DebugString(), " has last stride ",
-                     t.strides[t.ndim - 1], ", expected 1"));
-  }
-  for (int d = 0; d + 1 < t.ndim; ++d) {
-    if (t.strides[d] < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(kOp, ": ", name, " ", t.DebugString(),
-                       " has negative stride ", t.strides[d]));
-    }
-  }
-  if (t.data == nullptr && t.numel() > 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kOp, ": ", name, " ", t.DebugString(), " has no data"));
-  }
-  return absl::OkStatus();
+  return CheckTensor(kOp, name, t, dtype, dims, Device::kCuda);
 }
 
 }  // namespace
