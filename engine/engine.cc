@@ -1,11 +1,14 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <limits>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/tokenizer.h"
 #include "engine/runner/model_runner.h"
+#include "engine/scheduler/scheduler.h"
 #include "engine/state/state_pool.h"
 #include "kernels/status.h"
 
@@ -42,7 +45,7 @@ bool GenerationStream::cancelled() const {
 // ---------------------------------------------------------------------------
 // Engine
 
-struct Engine::Request {
+struct Engine::Request : SchedSeq {
   GenerationRequest req;
   std::shared_ptr<GenerationStream> stream;
   absl::Time arrival;
@@ -50,7 +53,6 @@ struct Engine::Request {
   int slot = -1;
   std::vector<int32_t> pages;
   int64_t pos = 0;          // tokens already in the sequence state
-  size_t prompt_done = 0;   // prompt tokens fed
   int32_t next_input = -1;  // sampled token to feed next
   int num_generated = 0;
   std::mt19937_64 rng;
@@ -59,12 +61,40 @@ struct Engine::Request {
   size_t text_emitted = 0;  // bytes of `text` already streamed
   double ttft_s = 0.0;
   bool done = false;
+  std::optional<SavedSequence> saved;  // while preempted
+};
+
+// The scheduler's view of the state pool.
+class Engine::Resources : public SchedResources {
+ public:
+  Resources(const StatePool* pool, bool has_kv)
+      : pool_(pool), has_kv_(has_kv) {}
+  int FreeSlots() const override { return pool_->free_slots(); }
+  int64_t FreePages() const override {
+    return has_kv_ ? pool_->free_pages()
+                   : std::numeric_limits<int64_t>::max() / 2;
+  }
+  int64_t PagesNeeded(const SchedSeq& seq, int64_t n) const override {
+    if (!has_kv_) return 0;
+    return std::max<int64_t>(
+        0, pool_->PagesFor(seq.computed + n) - PagesHeld(seq));
+  }
+  int64_t PagesHeld(const SchedSeq& seq) const override {
+    return static_cast<int64_t>(static_cast<const Request&>(seq).pages.size());
+  }
+
+ private:
+  const StatePool* pool_;
+  bool has_kv_;
 };
 
 struct Engine::Internals {
   std::unique_ptr<StatePool> pool;
   std::unique_ptr<ModelRunner> runner;
-  std::vector<std::unique_ptr<Request>> running;
+  std::optional<Scheduler> scheduler;
+  std::unique_ptr<Resources> resources;
+  std::vector<std::unique_ptr<Request>> owned;  // waiting or running
+  uint64_t next_id = 0;
   std::vector<float> logits;
   std::vector<SequenceInput> inputs;
   std::vector<Request*> members;
@@ -82,21 +112,29 @@ Engine::Engine(const Model* model, std::unique_ptr<Kernels> kernels,
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
     const Model* model, std::unique_ptr<Kernels> kernels,
     const Options& options) {
-  if (options.max_batch_size <= 0 || options.max_queued_requests <= 0 ||
-      options.prefill_chunk_tokens <= 0 ||
-      options.default_max_new_tokens <= 0 ||
+  if (options.default_max_new_tokens <= 0 ||
       options.max_new_tokens_limit < options.default_max_new_tokens ||
       options.max_prompt_tokens <= 0) {
-    return absl::InvalidArgumentError("engine options out of range");
+    return absl::InvalidArgumentError(
+        "engine options out of range: need 0 < default_max_new_tokens <= "
+        "max_new_tokens_limit and max_prompt_tokens > 0");
   }
   auto engine =
       std::unique_ptr<Engine>(new Engine(model, std::move(kernels), options));
+  Scheduler::Options so;
+  so.max_running_requests = options.max_running_requests;
+  so.max_batched_tokens = options.max_batched_tokens;
+  so.max_queued_requests = options.max_queued_requests;
+  DS_ASSIGN_OR_RETURN(Scheduler scheduler, Scheduler::Create(so));
+  engine->in_->scheduler.emplace(std::move(scheduler));
   StatePool::Options pool_options;
-  pool_options.max_slots = options.max_batch_size;
+  pool_options.max_slots = options.max_running_requests;
   pool_options.page_size = options.kv_page_size;
   pool_options.kv_capacity_tokens = options.kv_capacity_tokens;
   DS_ASSIGN_OR_RETURN(engine->in_->pool,
                       StatePool::Create(model->spec(), pool_options));
+  engine->in_->resources = std::make_unique<Resources>(
+      engine->in_->pool.get(), model->spec().KvBytesPerToken() > 0);
   engine->in_->runner = std::make_unique<ModelRunner>(
       model, engine->kernels_.get(), engine->in_->pool.get());
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
@@ -115,7 +153,12 @@ int64_t Engine::context_limit() const {
 
 int Engine::num_active() const {
   absl::MutexLock lock(&mu_);
-  return static_cast<int>(queue_.size()) + num_running_;
+  return static_cast<int>(queue_.size()) + num_owned_;
+}
+
+Engine::Stats Engine::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
 }
 
 absl::StatusOr<std::shared_ptr<GenerationStream>> Engine::Submit(
@@ -181,7 +224,8 @@ absl::StatusOr<std::shared_ptr<GenerationStream>> Engine::Submit(
   {
     absl::MutexLock lock(&mu_);
     if (shutdown_) return absl::UnavailableError("server is shutting down");
-    if (static_cast<int>(queue_.size()) >= options_.max_queued_requests) {
+    if (static_cast<int>(queue_.size()) + num_waiting_ >=
+        options_.max_queued_requests) {
       return absl::ResourceExhaustedError(
           absl::StrCat("request queue is full (", options_.max_queued_requests,
                        " waiting)"));
@@ -217,13 +261,13 @@ void Engine::Loop() {
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-        return shutdown_ || !queue_.empty() || num_running_ > 0;
+        return shutdown_ || !queue_.empty() || num_owned_ > 0;
       };
       mu_.Await(absl::Condition(&has_work));
       stop = shutdown_;
     }
     if (stop) break;
-    Admit();
+    Drain();
     Step();
   }
   // Shutdown: end everything still waiting or running.
@@ -238,35 +282,26 @@ void Engine::Loop() {
     ev.error = absl::UnavailableError("server is shutting down");
     r->stream->Push(std::move(ev));
   }
-  for (auto& r : in_->running) {
+  for (auto& r : in_->owned) {
     if (!r->done) Finish(r.get(), FinishReason::kCancelled);
   }
-  in_->running.clear();
-  absl::MutexLock lock(&mu_);
-  num_running_ = 0;
+  in_->owned.clear();
 }
 
-void Engine::Admit() {
-  while (static_cast<int>(in_->running.size()) < options_.max_batch_size) {
-    std::unique_ptr<Request> r;
-    {
-      absl::MutexLock lock(&mu_);
-      if (queue_.empty()) return;
-      r = std::move(queue_.front());
-      queue_.pop_front();
-      ++num_running_;
-    }
-    absl::StatusOr<int> slot = in_->pool->AllocateSlot();
-    if (!slot.ok()) {  // cannot happen while running < max_batch_size
-      Fail(r.get(), slot.status());
-      continue;
-    }
-    r->slot = *slot;
-    if (IsCancelled(*r)) {  // gave up while waiting in the queue
-      Finish(r.get(), FinishReason::kCancelled);
-      continue;
-    }
-    in_->running.push_back(std::move(r));
+void Engine::Drain() {
+  std::deque<std::unique_ptr<Request>> incoming;
+  {
+    absl::MutexLock lock(&mu_);
+    incoming.swap(queue_);
+    num_owned_ += static_cast<int>(incoming.size());
+  }
+  for (auto& r : incoming) {
+    r->id = in_->next_id++;
+    r->prompt_len = static_cast<int64_t>(r->req.prompt.size());
+    in_->owned.push_back(std::move(r));
+    Request* req = in_->owned.back().get();
+    absl::Status st = in_->scheduler->Enqueue(req);
+    if (!st.ok()) Fail(req, st);
   }
 }
 
@@ -274,13 +309,30 @@ bool Engine::IsCancelled(const Request& r) const {
   return r.stream->cancelled() || (r.req.is_cancelled && r.req.is_cancelled());
 }
 
+void Engine::Sweep() {
+  const absl::Time now = clock_->Now();
+  for (auto& rp : in_->owned) {
+    Request* r = rp.get();
+    if (r->done) continue;
+    if (IsCancelled(*r)) {
+      Finish(r, FinishReason::kCancelled);
+    } else if (now >= r->req.deadline) {
+      Fail(r, absl::DeadlineExceededError(absl::StrCat("deadline passed after ",
+                                                       r->num_generated,
+                                                       " generated tokens")));
+    }
+  }
+}
+
 void Engine::Release(Request* r) {
   r->done = true;
+  in_->scheduler->Remove(r);
   if (r->slot >= 0) in_->pool->FreeSlot(r->slot);
   r->slot = -1;
   in_->pool->FreePages(&r->pages);
+  r->saved.reset();
   absl::MutexLock lock(&mu_);
-  --num_running_;
+  --num_owned_;
 }
 
 void Engine::Fail(Request* r, const absl::Status& status) {
@@ -412,73 +464,104 @@ void Engine::HandleSampled(Request* r, const float* logits) {
   }
 }
 
-bool Engine::Step() {
-  auto& running = in_->running;
-  for (auto& r : running) {
-    if (!r->done && IsCancelled(*r)) Finish(r.get(), FinishReason::kCancelled);
+void Engine::Step() {
+  const absl::Time start = clock_->Now();
+  Sweep();
+  StatePool& pool = *in_->pool;
+  const StepPlan plan = in_->scheduler->Schedule(*in_->resources);
+  for (SchedSeq* s : plan.preempt) {
+    Request* r = static_cast<Request*>(s);
+    r->saved = pool.Save(r->slot, r->pages, r->pos);
+    pool.FreeSlot(r->slot);
+    r->slot = -1;
+    pool.FreePages(&r->pages);
   }
-  // Decode: every request whose prompt is in and that has a token to feed.
-  auto run_batch = [this](bool prefill) {
-    in_->inputs.clear();
-    in_->members.clear();
-    int budget = options_.prefill_chunk_tokens;
-    for (auto& rp : in_->running) {
-      Request* r = rp.get();
-      if (r->done) continue;
-      const bool in_prefill = r->prompt_done < r->req.prompt.size();
-      if (prefill != in_prefill) continue;
-      SequenceInput in;
-      in.slot = r->slot;
-      in.start_pos = r->pos;
-      if (prefill) {
-        if (budget <= 0) break;
-        const size_t n =
-            std::min<size_t>(budget, r->req.prompt.size() - r->prompt_done);
-        budget -= static_cast<int>(n);
-        in.tokens =
-            absl::MakeConstSpan(r->req.prompt.data() + r->prompt_done, n);
-      } else {
-        in.tokens = absl::MakeConstSpan(&r->next_input, 1);
+  const bool has_kv = model_->spec().KvBytesPerToken() > 0;
+  for (const auto* group : {&plan.admit, &plan.resume}) {
+    for (SchedSeq* s : *group) {
+      Request* r = static_cast<Request*>(s);
+      absl::StatusOr<int> slot = pool.AllocateSlot();
+      if (!slot.ok()) {  // the plan counted free slots: a broken invariant
+        Fail(r, absl::InternalError(slot.status().message()));
+        continue;
       }
-      if (model_->spec().KvBytesPerToken() > 0) {
-        absl::Status st = in_->pool->EnsureCapacity(
-            &r->pages, r->pos + static_cast<int64_t>(in.tokens.size()));
+      r->slot = *slot;
+      if (r->saved.has_value()) {
+        absl::Status st =
+            has_kv ? pool.EnsureCapacity(&r->pages, r->pos) : absl::OkStatus();
+        if (st.ok()) st = pool.Restore(*r->saved, r->slot, r->pages);
         if (!st.ok()) {
-          Fail(r, st);
+          Fail(r, absl::InternalError(st.message()));
           continue;
         }
-        in.pages = &r->pages;
+        r->saved.reset();
       }
-      in_->inputs.push_back(in);
-      in_->members.push_back(r);
     }
-    if (in_->inputs.empty()) return;
+  }
+  in_->inputs.clear();
+  in_->members.clear();
+  for (const StepPlan::Item& item : plan.batch) {
+    Request* r = static_cast<Request*>(item.seq);
+    if (r->done) continue;
+    SequenceInput in;
+    in.slot = r->slot;
+    in.start_pos = r->pos;
+    if (r->in_prefill()) {
+      in.tokens =
+          absl::MakeConstSpan(r->req.prompt.data() + r->pos, item.num_tokens);
+    } else {
+      in.tokens = absl::MakeConstSpan(&r->next_input, 1);
+    }
+    if (has_kv) {
+      absl::Status st =
+          pool.EnsureCapacity(&r->pages, r->pos + item.num_tokens);
+      if (!st.ok()) {  // the plan counted free pages: a broken invariant
+        Fail(r, absl::InternalError(st.message()));
+        continue;
+      }
+      in.pages = &r->pages;
+    }
+    in_->inputs.push_back(in);
+    in_->members.push_back(r);
+  }
+  int64_t step_tokens = 0;
+  if (!in_->inputs.empty()) {
     absl::Status st = in_->runner->Forward(in_->inputs, false, &in_->logits);
     if (!st.ok()) {
       for (Request* r : in_->members) {
         Fail(r, absl::InternalError(
                     absl::StrCat("forward pass failed: ", st.message())));
       }
-      return;
-    }
-    const int v = model_->spec().vocab_size;
-    for (size_t i = 0; i < in_->members.size(); ++i) {
-      Request* r = in_->members[i];
-      const int64_t n = static_cast<int64_t>(in_->inputs[i].tokens.size());
-      r->pos += n;
-      if (prefill) {
-        r->prompt_done += n;
-        if (r->prompt_done < r->req.prompt.size()) continue;
+    } else {
+      const int v = model_->spec().vocab_size;
+      for (size_t i = 0; i < in_->members.size(); ++i) {
+        Request* r = in_->members[i];
+        const int64_t n = static_cast<int64_t>(in_->inputs[i].tokens.size());
+        step_tokens += n;
+        r->pos += n;
+        r->computed = r->pos;
+        if (r->decoding || r->pos == r->prompt_len) {
+          r->decoding = true;
+          HandleSampled(r, in_->logits.data() + i * v);
+        }
       }
-      HandleSampled(r, in_->logits.data() + i * v);
     }
-  };
-  run_batch(/*prefill=*/false);
-  run_batch(/*prefill=*/true);
-  running.erase(std::remove_if(running.begin(), running.end(),
-                               [](const auto& r) { return r->done; }),
-                running.end());
-  return !running.empty();
+  }
+  auto& owned = in_->owned;
+  owned.erase(std::remove_if(owned.begin(), owned.end(),
+                             [](const auto& r) { return r->done; }),
+              owned.end());
+  const absl::Duration took = clock_->Now() - start;
+  absl::MutexLock lock(&mu_);
+  num_waiting_ = 0;
+  for (const SchedSeq* s : in_->scheduler->waiting()) {
+    if (s->phase == SchedSeq::Phase::kWaiting) ++num_waiting_;
+  }
+  if (!in_->inputs.empty()) ++stats_.steps;
+  stats_.preemptions += static_cast<int64_t>(plan.preempt.size());
+  stats_.resumes += static_cast<int64_t>(plan.resume.size());
+  stats_.max_step_tokens = std::max(stats_.max_step_tokens, step_tokens);
+  stats_.max_step_time = std::max(stats_.max_step_time, took);
 }
 
 }  // namespace deltaserve

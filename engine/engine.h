@@ -1,12 +1,14 @@
 // Engine: the facade of deltaserve's inference engine (schedule → run →
 // sample → update), for one model.
 //
-// The Engine owns the model runner, the state pool and one engine thread
-// that batches every active request into each step: prompts are prefilled
-// in chunks (up to a token budget per step) and sequences that are
-// generating are decoded together. Requests come in through Submit from any
-// thread; results go out through each request's GenerationStream.
-// Thread-safe.
+// The Engine owns the model runner, the state pool, the scheduler and one
+// engine thread. Each step the Scheduler plans one batch — a decode token
+// for every generating request plus prefill chunks, within a token budget —
+// and the engine applies it: preempts (state saved to host memory), admits
+// and resumes (state restored, never recomputed), runs one forward pass over
+// the whole varlen batch, samples and streams. Requests come in through
+// Submit from any thread; results go out through each request's
+// GenerationStream. Thread-safe.
 #ifndef DELTASERVE_ENGINE_ENGINE_H_
 #define DELTASERVE_ENGINE_ENGINE_H_
 
@@ -49,6 +51,9 @@ struct GenerationRequest {
   // has stopped reading the stream, so it must not capture anything the
   // consumer destroys.
   std::function<bool()> is_cancelled;
+  // The request ends with DEADLINE_EXCEEDED once the engine's clock passes
+  // this (checked once per step).
+  absl::Time deadline = absl::InfiniteFuture();
 };
 
 // Log-probabilities at one generated position.
@@ -96,9 +101,9 @@ class GenerationStream {
 class Engine {
  public:
   struct Options {
-    int max_batch_size = 32;         // sequences decoded together (slots)
-    int max_queued_requests = 256;   // waiting for a slot
-    int prefill_chunk_tokens = 256;  // prompt tokens per step, all requests
+    int max_running_requests = 64;      // sequences in the batch (state slots)
+    int max_queued_requests = 256;      // new requests waiting for admission
+    int64_t max_batched_tokens = 8192;  // tokens fed per step, all requests
     int kv_page_size = 16;
     int64_t kv_capacity_tokens = 65536;
     int default_max_new_tokens = 256;
@@ -133,14 +138,28 @@ class Engine {
   // Requests waiting or running (for tests and metrics).
   int num_active() const;
 
+  // Counters since the engine started.
+  struct Stats {
+    int64_t steps = 0;
+    int64_t preemptions = 0;
+    int64_t resumes = 0;
+    int64_t max_step_tokens = 0;
+    absl::Duration max_step_time;  // longest step, planning to streaming
+  };
+  Stats stats() const;
+
  private:
   struct Request;
+  class Resources;
   Engine(const Model* model, std::unique_ptr<Kernels> kernels,
          const Options& options);
   void Loop();
-  // One step over the running requests. Returns false when idle.
-  bool Step();
-  void Admit();
+  // Moves submitted requests into the scheduler.
+  void Drain();
+  // One step: plan, apply, run, sample.
+  void Step();
+  // Ends cancelled and expired requests.
+  void Sweep();
   void Finish(Request* r, FinishReason reason);
   void Fail(Request* r, const absl::Status& status);
   void Release(Request* r);
@@ -157,7 +176,11 @@ class Engine {
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex join_mu_;  // serialises Shutdown's join
   uint64_t seed_state_ ABSL_GUARDED_BY(mu_);
-  int num_running_ ABSL_GUARDED_BY(mu_) = 0;
+  // Requests the engine thread owns (in the scheduler's queue or running).
+  int num_owned_ ABSL_GUARDED_BY(mu_) = 0;
+  // Of those, new requests waiting for admission.
+  int num_waiting_ ABSL_GUARDED_BY(mu_) = 0;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
 
   // Engine thread only.
   struct Internals;

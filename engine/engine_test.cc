@@ -99,7 +99,8 @@ TEST(EngineTest, GreedyGenerationMatchesGolden) {
 
 TEST(EngineTest, ConcurrentRequestsMatchSingleRuns) {
   Engine::Options options;
-  options.prefill_chunk_tokens = 24;  // forces prompts to share steps
+  options.max_running_requests = 8;
+  options.max_batched_tokens = 24;  // forces prompts to share steps
   auto engine = MakeEngine(options);
   std::vector<std::shared_ptr<GenerationStream>> streams;
   for (int i = 0; i < 8; ++i) {
@@ -241,7 +242,7 @@ TEST(EngineTest, CancellationCallbackIsPolled) {
 
 TEST(EngineTest, FullQueueIsResourceExhausted) {
   Engine::Options options;
-  options.max_batch_size = 1;
+  options.max_running_requests = 1;
   options.max_queued_requests = 1;
   auto engine = MakeEngine(options);
   auto running = engine->Submit(Greedy(PromptIds(0), 4000));
@@ -253,6 +254,70 @@ TEST(EngineTest, FullQueueIsResourceExhausted) {
   EXPECT_EQ(rejected.status().code(), absl::StatusCode::kResourceExhausted);
   (*running)->Cancel();
   EXPECT_EQ(Drain(**queued).ids.size(), 2u);
+}
+
+TEST(EngineTest, PreemptedRequestsResumeWithIdenticalTokens) {
+  // 10 pages of 16 tokens: far too few for 8 requests of ~60 tokens, so the
+  // scheduler preempts (state saved to host memory) and resumes them.
+  Engine::Options options;
+  options.max_running_requests = 8;
+  options.kv_page_size = 16;
+  options.kv_capacity_tokens = 160;
+  auto engine = MakeEngine(options);
+  std::vector<std::shared_ptr<GenerationStream>> streams;
+  for (int i = 0; i < 8; ++i) {
+    auto s = engine->Submit(Greedy(PromptIds(i % 3), 32));
+    ASSERT_TRUE(s.ok()) << s.status();
+    streams.push_back(*s);
+  }
+  for (int i = 0; i < 8; ++i) {
+    Result r = Drain(*streams[i]);
+    ASSERT_TRUE(r.end.error.ok()) << r.end.error;
+    EXPECT_EQ(r.ids,
+              Golden()["prompts"][i % 3]["greedy32_ids"].get<std::vector<int32_t>>())
+        << "stream " << i;
+  }
+  const Engine::Stats stats = engine->stats();
+  EXPECT_GT(stats.preemptions, 0);
+  EXPECT_EQ(stats.resumes, stats.preemptions);
+  EXPECT_EQ(engine->num_active(), 0);
+}
+
+// A clock that moves only when told to.
+class FakeClock : public Clock {
+ public:
+  absl::Time Now() const override {
+    absl::MutexLock lock(&mu_);
+    return now_;
+  }
+  void Advance(absl::Duration d) {
+    absl::MutexLock lock(&mu_);
+    now_ += d;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::Time now_ = absl::UnixEpoch() + absl::Hours(1000);
+};
+
+TEST(EngineTest, DeadlineEndsTheRequestAndFreesIt) {
+  FakeClock clock;
+  Engine::Options options;
+  options.clock = &clock;
+  auto engine = MakeEngine(options);
+  GenerationRequest req = Greedy(PromptIds(0), 4000);
+  req.deadline = clock.Now() + absl::Seconds(5);
+  auto s = engine->Submit(req);
+  ASSERT_TRUE(s.ok());
+  GenerationEvent ev;
+  ASSERT_TRUE((*s)->Next(&ev, absl::Seconds(30)));
+  ASSERT_FALSE(ev.finished);
+  clock.Advance(absl::Seconds(6));
+  Result r = Drain(**s);
+  EXPECT_EQ(r.end.error.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(engine->num_active(), 0);
+  // A request without a deadline is unaffected by the clock.
+  EXPECT_EQ(Drain(**engine->Submit(Greedy(PromptIds(1), 4))).ids.size(), 4u);
 }
 
 TEST(EngineTest, ShutdownEndsRequestsAndRefusesNewOnes) {

@@ -98,6 +98,105 @@ void StatePool::FreePages(std::vector<int32_t>* pages) {
   pages->clear();
 }
 
+int64_t SavedSequence::bytes() const {
+  int64_t n = 0;
+  for (const auto* group : {&recurrent, &keys, &values}) {
+    for (const auto& v : *group) n += static_cast<int64_t>(v.size()) * 4;
+  }
+  return n;
+}
+
+namespace {
+
+// Floats of one slot's recurrent state and conv tail in a layer.
+int64_t PerSlot(const std::vector<float>& pool, int slots) {
+  return static_cast<int64_t>(pool.size()) / slots;
+}
+
+}  // namespace
+
+SavedSequence StatePool::Save(int slot, const std::vector<int32_t>& pages,
+                              int64_t num_tokens) const {
+  SavedSequence saved;
+  saved.num_tokens = num_tokens;
+  const size_t n = layers_.size();
+  saved.recurrent.resize(n);
+  saved.keys.resize(n);
+  saved.values.resize(n);
+  const int page = options_.page_size;
+  for (size_t l = 0; l < n; ++l) {
+    const LayerPools& lp = layers_[l];
+    if (!lp.gdr_state.empty()) {
+      const int64_t ps = PerSlot(lp.gdr_state, options_.max_slots);
+      const int64_t pc = PerSlot(lp.conv_state, options_.max_slots);
+      auto& out = saved.recurrent[l];
+      out.assign(lp.gdr_state.begin() + slot * ps,
+                 lp.gdr_state.begin() + (slot + 1) * ps);
+      out.insert(out.end(), lp.conv_state.begin() + slot * pc,
+                 lp.conv_state.begin() + (slot + 1) * pc);
+    }
+    if (!lp.k_pages.empty()) {
+      const int64_t row = lp.k_view.shape[2] * lp.k_view.shape[3];
+      auto& k = saved.keys[l];
+      auto& v = saved.values[l];
+      k.resize(num_tokens * row);
+      v.resize(num_tokens * row);
+      for (int64_t p = 0; p < num_tokens; p += page) {
+        const int64_t count = std::min<int64_t>(page, num_tokens - p);
+        const int64_t src = static_cast<int64_t>(pages[p / page]) * page * row;
+        std::copy_n(lp.k_pages.begin() + src, count * row, k.begin() + p * row);
+        std::copy_n(lp.v_pages.begin() + src, count * row, v.begin() + p * row);
+      }
+    }
+  }
+  return saved;
+}
+
+absl::Status StatePool::Restore(const SavedSequence& saved, int slot,
+                                const std::vector<int32_t>& pages) {
+  const size_t n = layers_.size();
+  if (saved.recurrent.size() != n || saved.keys.size() != n ||
+      saved.values.size() != n) {
+    return absl::InvalidArgumentError(
+        "saved sequence has a different number of layers");
+  }
+  if (static_cast<int64_t>(pages.size()) < PagesFor(saved.num_tokens)) {
+    return absl::InvalidArgumentError("too few pages to restore a sequence");
+  }
+  const int page = options_.page_size;
+  for (size_t l = 0; l < n; ++l) {
+    LayerPools& lp = layers_[l];
+    if (!lp.gdr_state.empty()) {
+      const int64_t ps = PerSlot(lp.gdr_state, options_.max_slots);
+      const int64_t pc = PerSlot(lp.conv_state, options_.max_slots);
+      const auto& in = saved.recurrent[l];
+      if (static_cast<int64_t>(in.size()) != ps + pc) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("saved state of layer ", l, " has the wrong size"));
+      }
+      std::copy_n(in.begin(), ps, lp.gdr_state.begin() + slot * ps);
+      std::copy_n(in.begin() + ps, pc, lp.conv_state.begin() + slot * pc);
+    }
+    if (!lp.k_pages.empty()) {
+      const int64_t row = lp.k_view.shape[2] * lp.k_view.shape[3];
+      const auto& k = saved.keys[l];
+      const auto& v = saved.values[l];
+      if (static_cast<int64_t>(k.size()) != saved.num_tokens * row ||
+          v.size() != k.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("saved keys of layer ", l, " have the wrong size"));
+      }
+      for (int64_t p = 0; p < saved.num_tokens; p += page) {
+        const int64_t count = std::min<int64_t>(page, saved.num_tokens - p);
+        const int64_t dst = static_cast<int64_t>(pages[p / page]) * page * row;
+        std::copy_n(k.begin() + p * row, count * row, lp.k_pages.begin() + dst);
+        std::copy_n(v.begin() + p * row, count * row, lp.v_pages.begin() + dst);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 TensorView StatePool::gdr_state(int layer) const {
   return layers_[layer].gdr_view;
 }

@@ -20,6 +20,19 @@
 
 namespace deltaserve {
 
+// A sequence's state copied off the device: per recurrent layer its state
+// and conv tail, per attention layer the keys and values of its positions.
+// Plain host memory; movable.
+struct SavedSequence {
+  int64_t num_tokens = 0;
+  // Indexed by layer; empty for layers without state of that kind.
+  std::vector<std::vector<float>> recurrent;  // state then conv tail
+  std::vector<std::vector<float>> keys;       // [num_tokens, Hkv, D]
+  std::vector<std::vector<float>> values;     // [num_tokens, Hkv, D]
+
+  int64_t bytes() const;
+};
+
 class StatePool {
  public:
   struct Options {
@@ -49,6 +62,21 @@ class StatePool {
   int64_t num_pages() const { return num_pages_; }
   int page_size() const { return options_.page_size; }
   int max_slots() const { return options_.max_slots; }
+
+  // Pages needed to hold `tokens` positions.
+  int64_t PagesFor(int64_t tokens) const {
+    return (tokens + options_.page_size - 1) / options_.page_size;
+  }
+
+  // Copies the state of the sequence in `slot` with KV in `pages` covering
+  // its first `num_tokens` positions.
+  SavedSequence Save(int slot, const std::vector<int32_t>& pages,
+                     int64_t num_tokens) const;
+  // Writes `saved` into `slot` and `pages` (which must cover
+  // saved.num_tokens positions). INVALID_ARGUMENT when `saved` does not fit
+  // this pool's model or `pages` is too short.
+  absl::Status Restore(const SavedSequence& saved, int slot,
+                       const std::vector<int32_t>& pages);
 
   // Views of layer `layer`'s pools (empty for layers of another kind).
   TensorView gdr_state(int layer) const;

@@ -1,5 +1,6 @@
 #include "services/server/inference_service.h"
 
+#include <chrono>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "engine/model/tokenizer.h"
 #include "kernels/status.h"
 #include "services/common/grpc_status.h"
@@ -172,6 +174,9 @@ grpc::Status InferenceService::Generate(
   auto watch = std::make_shared<CancellationWatch>(context);
   absl::Cleanup detach = [&watch] { watch->Detach(); };
   decoded->is_cancelled = [watch] { return watch->IsCancelled(); };
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    decoded->deadline = absl::FromChrono(context->deadline());
+  }
 
   absl::StatusOr<std::shared_ptr<GenerationStream>> submitted =
       engine_->Submit(*std::move(decoded));

@@ -32,17 +32,23 @@ ABSL_FLAG(std::string, model, "",
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "Address to serve gRPC on; port 0 picks a free port.");
 ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu or cuda.");
-ABSL_FLAG(int, max_batch_size, deltaserve::Engine::Options().max_batch_size,
-          "Sequences generated together.");
+ABSL_FLAG(int, max_running_requests,
+          deltaserve::Engine::Options().max_running_requests,
+          "Requests in the batch at once (each holds a state slot).");
+ABSL_FLAG(int, max_queued_requests,
+          deltaserve::Engine::Options().max_queued_requests,
+          "New requests that may wait for admission; past it "
+          "RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int64_t, kv_cache_tokens,
           deltaserve::Engine::Options().kv_capacity_tokens,
           "Tokens of attention KV cache, over all sequences.");
 ABSL_FLAG(int, max_new_tokens_limit,
           deltaserve::Engine::Options().max_new_tokens_limit,
           "Largest max_new_tokens a request may ask for.");
-ABSL_FLAG(int, prefill_chunk_tokens,
-          deltaserve::Engine::Options().prefill_chunk_tokens,
-          "Prompt tokens prefilled per engine step, over all requests.");
+ABSL_FLAG(int64_t, max_batched_tokens,
+          deltaserve::Engine::Options().max_batched_tokens,
+          "Tokens fed per engine step over all requests (decode tokens plus "
+          "prefill chunks); at least max_running_requests.");
 ABSL_FLAG(int, threads, 0, "CPU kernel threads; 0 keeps the default.");
 
 namespace deltaserve {
@@ -110,15 +116,16 @@ int Run(int argc, char** argv) {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.device = absl::GetFlag(FLAGS_device);
   options.num_threads = absl::GetFlag(FLAGS_threads);
-  options.engine.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  options.engine.max_running_requests =
+      absl::GetFlag(FLAGS_max_running_requests);
+  options.engine.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   options.engine.kv_capacity_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   options.engine.max_new_tokens_limit =
       absl::GetFlag(FLAGS_max_new_tokens_limit);
   options.engine.default_max_new_tokens =
       std::min(options.engine.default_max_new_tokens,
                options.engine.max_new_tokens_limit);
-  options.engine.prefill_chunk_tokens =
-      absl::GetFlag(FLAGS_prefill_chunk_tokens);
+  options.engine.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
 
   // Every thread started from here on (gRPC's, the engine's) inherits the
   // blocked mask, so the signals are only ever taken by sigwait below.

@@ -107,8 +107,8 @@ int Main() {
   CpuKernels::Options ko;
   ko.num_threads = absl::GetFlag(FLAGS_threads);
   Engine::Options eo;
-  eo.max_batch_size = 64;
-  eo.prefill_chunk_tokens = 2048;
+  eo.max_running_requests = 64;
+  eo.max_batched_tokens = 8192;
   eo.kv_capacity_tokens = 1 << 17;
   eo.max_new_tokens_limit = 1 << 14;
   auto engine =

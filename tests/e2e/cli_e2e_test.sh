@@ -31,7 +31,7 @@ fail() {
 # The server's stdout goes through a FIFO so that the test blocks (with a
 # deadline) on its "listening on" line instead of polling for it.
 mkfifo "${WORK}/server.out"
-"${SERVER}" --listen=127.0.0.1:0 --threads=1 --max_batch_size=4 \
+"${SERVER}" --listen=127.0.0.1:0 --threads=1 --max_running_requests=4 \
   --kv_cache_tokens=4096 >"${WORK}/server.out" 2>"${WORK}/server.err" &
 SERVER_PID=$!
 exec 3<"${WORK}/server.out"
