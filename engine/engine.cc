@@ -51,7 +51,7 @@ struct Engine::Request : SchedSeq {
   absl::Time arrival;
   int max_new_tokens = 0;
   int slot = -1;
-  std::vector<int32_t> pages;
+  SeqPages pages;
   int64_t pos = 0;          // tokens already in the sequence state
   int32_t next_input = -1;  // sampled token to feed next
   int num_generated = 0;
@@ -76,11 +76,11 @@ class Engine::Resources : public SchedResources {
   }
   int64_t PagesNeeded(const SchedSeq& seq, int64_t n) const override {
     if (!has_kv_) return 0;
-    return std::max<int64_t>(
-        0, pool_->PagesFor(seq.computed + n) - PagesHeld(seq));
+    return pool_->PagesNeeded(static_cast<const Request&>(seq).pages,
+                              seq.computed, n);
   }
   int64_t PagesHeld(const SchedSeq& seq) const override {
-    return static_cast<int64_t>(static_cast<const Request&>(seq).pages.size());
+    return static_cast<const Request&>(seq).pages.held();
   }
 
  private:
@@ -488,7 +488,7 @@ void Engine::Step() {
       r->slot = *slot;
       if (r->saved.has_value()) {
         absl::Status st =
-            has_kv ? pool.EnsureCapacity(&r->pages, r->pos) : absl::OkStatus();
+            has_kv ? pool.RestoreCapacity(&r->pages, r->pos) : absl::OkStatus();
         if (st.ok()) st = pool.Restore(*r->saved, r->slot, r->pages);
         if (!st.ok()) {
           Fail(r, absl::InternalError(st.message()));
@@ -540,6 +540,7 @@ void Engine::Step() {
         step_tokens += n;
         r->pos += n;
         r->computed = r->pos;
+        pool.ReleaseOutOfWindow(&r->pages, r->pos);
         if (r->decoding || r->pos == r->prompt_len) {
           r->decoding = true;
           HandleSampled(r, in_->logits.data() + i * v);

@@ -273,8 +273,9 @@ TEST(EngineTest, PreemptedRequestsResumeWithIdenticalTokens) {
   for (int i = 0; i < 8; ++i) {
     Result r = Drain(*streams[i]);
     ASSERT_TRUE(r.end.error.ok()) << r.end.error;
-    EXPECT_EQ(r.ids,
-              Golden()["prompts"][i % 3]["greedy32_ids"].get<std::vector<int32_t>>())
+    EXPECT_EQ(
+        r.ids,
+        Golden()["prompts"][i % 3]["greedy32_ids"].get<std::vector<int32_t>>())
         << "stream " << i;
   }
   const Engine::Stats stats = engine->stats();

@@ -168,14 +168,15 @@ absl::Status AttentionForward(const LayerContext& ctx,
     DS_RETURN_IF_ERROR(
         k.Rope(kv, b.positions, spec.rotary_dim, spec.rope_theta, ctx.stream));
   }
+  const TensorView& pages =
+      spec.window > 0 ? b.window_page_table : b.page_table;
   DS_RETURN_IF_ERROR(k.KvAppend(kv, F32(v, {t, hkv, hd}), k_pages, v_pages,
-                                b.page_table, b.cu_seqlens, b.start_pos,
-                                ctx.stream));
+                                pages, b.cu_seqlens, b.start_pos, ctx.stream));
   float* o = ctx.scratch->Get(kCore, t * qd);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  DS_RETURN_IF_ERROR(k.PagedAttention(qv, k_pages, v_pages, b.page_table,
-                                      b.cu_seqlens, b.context_lens, spec.window,
-                                      scale, F32(o, {t, h, hd}), ctx.stream));
+  DS_RETURN_IF_ERROR(k.PagedAttention(qv, k_pages, v_pages, pages, b.cu_seqlens,
+                                      b.context_lens, spec.window, scale,
+                                      F32(o, {t, h, hd}), ctx.stream));
   if (spec.output_gate) {
     DS_RETURN_IF_ERROR(k.SigmoidGate(F32(o, {t, qd}), F32(gate, {t, qd}),
                                      F32(o, {t, qd}), ctx.stream));

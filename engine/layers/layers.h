@@ -33,7 +33,8 @@ struct BatchLayout {
   TensorView positions;     // i32 [T]
   TensorView cu_seqlens;    // i32 [B + 1]
   TensorView slots;         // i32 [B]
-  TensorView page_table;    // i32 [B, max_pages]
+  TensorView page_table;         // i32 [B, pages]: global attention
+  TensorView window_page_table;  // i32 [B, pages]: sliding-window attention
   TensorView start_pos;     // i32 [B]
   TensorView context_lens;  // i32 [B]
 };

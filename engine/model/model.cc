@@ -47,4 +47,15 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir) {
   return model;
 }
 
+std::unique_ptr<Model> Model::FromParts(std::string name, ModelSpec spec,
+                                        ModelWeights weights,
+                                        std::unique_ptr<Tokenizer> tokenizer) {
+  auto model = std::unique_ptr<Model>(new Model());
+  model->name_ = std::move(name);
+  model->spec_ = std::move(spec);
+  model->weights_ = std::move(weights);
+  model->tokenizer_ = std::move(tokenizer);
+  return model;
+}
+
 }  // namespace deltaserve

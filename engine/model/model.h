@@ -23,6 +23,12 @@ class Model {
   // INVALID_ARGUMENT naming the file, field or tensor for anything malformed.
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir);
 
+  // A model from parts already in memory (e.g. a variant of a loaded model
+  // in tests). `tokenizer` may be null.
+  static std::unique_ptr<Model> FromParts(std::string name, ModelSpec spec,
+                                          ModelWeights weights,
+                                          std::unique_ptr<Tokenizer> tokenizer);
+
   const std::string& name() const { return name_; }
   const std::string& dir() const { return dir_; }
   const ModelSpec& spec() const { return spec_; }

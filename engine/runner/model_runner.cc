@@ -23,7 +23,7 @@ absl::Status ModelRunner::Forward(absl::Span<const SequenceInput> batch,
   slots_.clear();
   start_pos_.clear();
   context_lens_.clear();
-  size_t max_pages = 1;
+  size_t max_global = 1, max_window = 1;
   bool decode = true;
   for (const SequenceInput& s : batch) {
     if (s.tokens.empty()) return absl::InvalidArgumentError("empty sequence");
@@ -40,21 +40,30 @@ absl::Status ModelRunner::Forward(absl::Span<const SequenceInput> batch,
     }
     const int64_t end = s.start_pos + static_cast<int64_t>(s.tokens.size());
     if (s.pages != nullptr) {
-      if (static_cast<int64_t>(s.pages->size()) * pool_->page_size() < end) {
+      const int64_t need = pool_->PagesFor(end);
+      if ((pool_->has_global_attention() &&
+           static_cast<int64_t>(s.pages->global.size()) < need) ||
+          (pool_->window() > 0 &&
+           static_cast<int64_t>(s.pages->window.size()) < need)) {
         return absl::InvalidArgumentError("sequence has too few KV pages");
       }
-      max_pages = std::max(max_pages, s.pages->size());
+      max_global = std::max(max_global, s.pages->global.size());
+      max_window = std::max(max_window, s.pages->window.size());
     }
     cu_seqlens_.push_back(static_cast<int32_t>(ids_.size()));
     slots_.push_back(s.slot);
     start_pos_.push_back(static_cast<int32_t>(s.start_pos));
     context_lens_.push_back(static_cast<int32_t>(end));
   }
-  page_table_.assign(b * max_pages, 0);
+  // Unused entries are −1 (kernels read only the pages a query can see).
+  page_table_.assign(b * max_global, -1);
+  window_page_table_.assign(b * max_window, -1);
   for (int i = 0; i < b; ++i) {
     if (batch[i].pages != nullptr) {
-      std::copy(batch[i].pages->begin(), batch[i].pages->end(),
-                page_table_.begin() + i * max_pages);
+      std::copy(batch[i].pages->global.begin(), batch[i].pages->global.end(),
+                page_table_.begin() + i * max_global);
+      std::copy(batch[i].pages->window.begin(), batch[i].pages->window.end(),
+                window_page_table_.begin() + i * max_window);
     }
   }
   const int64_t t = static_cast<int64_t>(ids_.size());
@@ -66,8 +75,10 @@ absl::Status ModelRunner::Forward(absl::Span<const SequenceInput> batch,
   layout.positions = TensorView::I32(positions_.data(), {t});
   layout.cu_seqlens = TensorView::I32(cu_seqlens_.data(), {b + 1});
   layout.slots = TensorView::I32(slots_.data(), {b});
-  layout.page_table =
-      TensorView::I32(page_table_.data(), {b, static_cast<int64_t>(max_pages)});
+  layout.page_table = TensorView::I32(page_table_.data(),
+                                      {b, static_cast<int64_t>(max_global)});
+  layout.window_page_table = TensorView::I32(
+      window_page_table_.data(), {b, static_cast<int64_t>(max_window)});
   layout.start_pos = TensorView::I32(start_pos_.data(), {b});
   layout.context_lens = TensorView::I32(context_lens_.data(), {b});
   LayerContext ctx;

@@ -23,8 +23,9 @@ namespace deltaserve {
 // One sequence's part of a batch.
 struct SequenceInput {
   int slot = -1;  // recurrent state slot
-  const std::vector<int32_t>* pages =
-      nullptr;                       // KV pages (enough for the new tokens)
+  // KV pages (enough for the new tokens); null for a model without
+  // attention layers.
+  const SeqPages* pages = nullptr;
   int64_t start_pos = 0;             // tokens already in the state
   absl::Span<const int32_t> tokens;  // new tokens (at least one)
 };
@@ -48,7 +49,7 @@ class ModelRunner {
   Scratch scratch_;
   std::vector<float> x_, xn_, mix_;
   std::vector<int32_t> ids_, positions_, cu_seqlens_, slots_, page_table_,
-      start_pos_, context_lens_;
+      window_page_table_, start_pos_, context_lens_;
 };
 
 }  // namespace deltaserve

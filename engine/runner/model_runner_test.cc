@@ -58,10 +58,8 @@ std::vector<float> F32Of(const TensorEntry& e) {
 // One model, its kernels and state, and a helper that feeds a sequence.
 class Harness {
  public:
-  explicit Harness(const std::string& dir) {
-    auto model = Model::Load(dir);
-    EXPECT_TRUE(model.ok()) << model.status();
-    model_ = std::move(*model);
+  explicit Harness(const std::string& dir) : Harness(LoadOrDie(dir)) {}
+  explicit Harness(std::unique_ptr<Model> model) : model_(std::move(model)) {
     auto kernels = CpuKernels::Create({});
     EXPECT_TRUE(kernels.ok());
     kernels_ = std::move(*kernels);
@@ -75,9 +73,16 @@ class Harness {
                                             pool_.get());
   }
 
+  static std::unique_ptr<Model> LoadOrDie(const std::string& dir) {
+    auto model = Model::Load(dir);
+    EXPECT_TRUE(model.ok()) << model.status();
+    if (!model.ok()) std::abort();
+    return std::move(*model);
+  }
+
   struct Seq {
     int slot = -1;
-    std::vector<int32_t> pages;
+    SeqPages pages;
     int64_t pos = 0;
   };
 
@@ -103,6 +108,8 @@ class Harness {
       EXPECT_TRUE(st.ok()) << st;
       all.insert(all.end(), logits.begin(), logits.end());
       s->pos += n;
+      pool_->ReleaseOutOfWindow(&s->pages, s->pos);
+      max_held_ = std::max(max_held_, s->pages.held());
     }
     return all;
   }
@@ -122,6 +129,7 @@ class Harness {
   }
 
   const Model& model() const { return *model_; }
+  int64_t max_held() const { return max_held_; }
   StatePool& pool() { return *pool_; }
   ModelRunner& runner() { return *runner_; }
 
@@ -130,6 +138,7 @@ class Harness {
   std::unique_ptr<CpuKernels> kernels_;
   std::unique_ptr<StatePool> pool_;
   std::unique_ptr<ModelRunner> runner_;
+  int64_t max_held_ = 0;
 };
 
 class Qwen35TinyTest : public ::testing::Test {
@@ -190,7 +199,7 @@ TEST_F(Qwen35TinyTest, AttentionCacheMatchesReferenceKeysAndValues) {
   std::vector<float> got_k(want_k.size()), got_v(want_v.size());
   for (int64_t hh = 0; hh < hkv; ++hh) {
     for (int64_t p = 0; p < t; ++p) {
-      const int64_t phys = s.pages[p / page];
+      const int64_t phys = s.pages.global[p / page];
       const int64_t off = ((phys * page + p % page) * hkv + hh) * d;
       for (int64_t i = 0; i < d; ++i) {
         got_k[(hh * t + p) * d + i] = kp.f32()[off + i];
@@ -224,6 +233,59 @@ TEST_F(Qwen35TinyTest, BatchedSequencesMatchSingleSequences) {
   std::vector<float> want_b = single.Feed(&sb, pb, pb.size());
   EXPECT_LT(RelErr(logits.data() + v, want_b.data() + (pb.size() - 1) * v, v),
             1e-5);
+}
+
+// qwen35-tiny with its attention layer turned into a sliding-window layer.
+std::unique_ptr<Model> SlidingWindowTiny(int window) {
+  std::unique_ptr<Model> base = Harness::LoadOrDie(kTinyDir);
+  ModelSpec spec = base->spec();
+  spec.blocks[3].mixer = MixerKind::kSlidingWindowAttention;
+  spec.blocks[3].attention.window = window;
+  return Model::FromParts("tiny-swa", spec, base->weights(), nullptr);
+}
+
+TEST_F(Qwen35TinyTest, SlidingWindowKeepsOnlyTheWindowsPages) {
+  constexpr int kWindow = 24;
+  // Reference: the whole prompt in one call (nothing released before it).
+  Harness whole(SlidingWindowTiny(kWindow));
+  Harness::Seq sw = whole.NewSeq();
+  const std::vector<float> want = whole.Feed(&sw, prompt_, prompt_.size());
+  // The window changes the function: it is not the global model's.
+  EXPECT_GT(RelErr(want.data(), prefill_.data(), want.size()), 1e-3);
+  // In chunks of 7, pages behind the window go back to the pool each step.
+  Harness chunked(SlidingWindowTiny(kWindow));
+  Harness::Seq sc = chunked.NewSeq();
+  const std::vector<float> got = chunked.Feed(&sc, prompt_, 7);
+  EXPECT_LT(RelErr(got.data(), want.data(), want.size()), 1e-5);
+  const int page = chunked.pool().page_size();
+  EXPECT_LE(chunked.max_held(), (kWindow + 7 + page - 1) / page + 1);
+  EXPECT_TRUE(sc.pages.global.empty());  // no global attention layer
+  // Decoding on, with the window sliding, matches the one-call run.
+  const int v = chunked.model().spec().vocab_size;
+  const float* last = want.data() + (prompt_.size() - 1) * v;
+  EXPECT_EQ(chunked.Greedy(&sc, last, 24), whole.Greedy(&sw, last, 24));
+}
+
+TEST_F(Qwen35TinyTest, SaveAndRestoreContinueExactly) {
+  for (int window : {0, 24}) {
+    SCOPED_TRACE(window);
+    Harness h(window == 0 ? Harness::LoadOrDie(kTinyDir)
+                          : SlidingWindowTiny(window));
+    std::vector<int32_t> head(prompt_.begin(), prompt_.begin() + 150);
+    std::vector<int32_t> tail(prompt_.begin() + 150, prompt_.end());
+    Harness::Seq a = h.NewSeq();
+    h.Feed(&a, head, 64);
+    // Save a, restore it as b in a fresh slot and pages, continue both.
+    SavedSequence saved = h.pool().Save(a.slot, a.pages, a.pos);
+    Harness::Seq b = h.NewSeq();
+    ASSERT_TRUE(h.pool().RestoreCapacity(&b.pages, a.pos).ok());
+    ASSERT_TRUE(h.pool().Restore(saved, b.slot, b.pages).ok());
+    b.pos = a.pos;
+    const std::vector<float> la = h.Feed(&a, tail, 13);
+    const std::vector<float> lb = h.Feed(&b, tail, 13);
+    ASSERT_EQ(la.size(), lb.size());
+    EXPECT_EQ(la, lb);
+  }
 }
 
 TEST(ModelRunnerTest, RejectsOutOfVocabularyToken) {
