@@ -12,6 +12,8 @@ PACKAGES=(
   libprotobuf-dev
   protobuf-compiler
   protobuf-compiler-grpc
+  python3-grpcio
+  python3-protobuf
   libabsl-dev
   librocksdb-dev
   prometheus-cpp-dev
