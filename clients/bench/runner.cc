@@ -26,6 +26,8 @@
 #include "kernels/status.h"
 #include "proto/deltaserve/v1/inference.grpc.pb.h"
 #include "proto/deltaserve/v1/models.grpc.pb.h"
+#include "services/common/api_names.h"
+#include "services/common/grpc_status.h"
 
 namespace deltaserve::bench {
 namespace {
@@ -45,25 +47,6 @@ double NowSeconds() {
 
 bool HasTimeout(absl::Duration timeout) {
   return timeout > absl::ZeroDuration() && timeout != absl::InfiniteDuration();
-}
-
-// gRPC's and Abseil's canonical codes are numbered alike.
-absl::Status FromGrpc(const grpc::Status& status, absl::string_view what) {
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      absl::StrCat(what, ": ", status.error_message()));
-}
-
-const char* FinishReasonName(v1::FinishReason reason) {
-  switch (reason) {
-    case v1::FINISH_REASON_STOP:
-      return "stop";
-    case v1::FINISH_REASON_LENGTH:
-      return "length";
-    case v1::FINISH_REASON_CANCELLED:
-      return "cancelled";
-    default:
-      return "unspecified";
-  }
 }
 
 class Phase;
@@ -220,7 +203,7 @@ class Phase : public std::enable_shared_from_this<Phase> {
     absl::MutexLock lock(&mu_);
     RequestRecord& r = records_[call->record_index()];
     call->timer().Finish(call->end_s(), epoch_s_, &r);
-    r.code = static_cast<absl::StatusCode>(call->status().error_code());
+    r.code = FromGrpcStatus(call->status()).code();
     r.error_message = call->status().error_message();
     if (call->completion().has_value()) {
       r.finish_reason = FinishReasonName(call->completion()->finish_reason());
@@ -322,13 +305,13 @@ absl::StatusOr<v1::ModelInfo> LookUpModel(
     request.set_name(config.model);
     v1::ModelInfo info;
     const grpc::Status status = stub->GetModel(&context, request, &info);
-    if (!status.ok()) return FromGrpc(status, "GetModel");
+    if (!status.ok()) return FromGrpcStatus(status, "GetModel");
     return info;
   }
   v1::ListModelsResponse response;
   const grpc::Status status =
       stub->ListModels(&context, v1::ListModelsRequest(), &response);
-  if (!status.ok()) return FromGrpc(status, "ListModels");
+  if (!status.ok()) return FromGrpcStatus(status, "ListModels");
   if (response.models().empty()) {
     return absl::NotFoundError("the server lists no models");
   }

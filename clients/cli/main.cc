@@ -35,6 +35,8 @@
 #include "proto/deltaserve/v1/inference.grpc.pb.h"
 #include "proto/deltaserve/v1/models.grpc.pb.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
+#include "services/common/api_names.h"
+#include "services/common/grpc_status.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "Server address.");
 ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
@@ -77,11 +79,9 @@ int UsageError(absl::string_view message) {
 }
 
 int RpcError(const grpc::Status& status) {
-  // gRPC's and Abseil's canonical codes are numbered alike.
-  absl::FPrintF(stderr, "error: %s: %s\n",
-                absl::StatusCodeToString(
-                    static_cast<absl::StatusCode>(status.error_code())),
-                status.error_message());
+  const absl::Status s = FromGrpcStatus(status);
+  absl::FPrintF(stderr, "error: %s: %s\n", absl::StatusCodeToString(s.code()),
+                s.message());
   return kExitRpcError;
 }
 
@@ -144,19 +144,6 @@ bool ParseStops(const std::vector<std::string>& raw,
 std::shared_ptr<grpc::Channel> Connect() {
   return grpc::CreateChannel(absl::GetFlag(FLAGS_server),
                              grpc::InsecureChannelCredentials());
-}
-
-const char* FinishReasonName(v1::FinishReason reason) {
-  switch (reason) {
-    case v1::FINISH_REASON_STOP:
-      return "stop";
-    case v1::FINISH_REASON_LENGTH:
-      return "length";
-    case v1::FINISH_REASON_CANCELLED:
-      return "cancelled";
-    default:
-      return "unspecified";
-  }
 }
 
 int Generate(const std::vector<std::string>& stop_values) {

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace deltaserve {
 namespace {
 
@@ -51,6 +53,16 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(ToGrpcCode(status.code()), std::string(status.message()));
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status,
+                            absl::string_view context) {
+  if (status.ok()) return absl::OkStatus();
+  // The canonical codes are numbered alike in both libraries.
+  const auto code = static_cast<absl::StatusCode>(status.error_code());
+  if (context.empty()) return absl::Status(code, status.error_message());
+  return absl::Status(code,
+                      absl::StrCat(context, ": ", status.error_message()));
 }
 
 }  // namespace deltaserve

@@ -30,6 +30,18 @@ TEST(ToGrpcStatusTest, EveryCanonicalCodeMapsToTheSameCode) {
   }
 }
 
+TEST(FromGrpcStatusTest, RoundTripsCodeAndAddsContext) {
+  EXPECT_TRUE(FromGrpcStatus(grpc::Status::OK).ok());
+  const absl::Status s = FromGrpcStatus(
+      grpc::Status(grpc::StatusCode::NOT_FOUND, "no model x"), "GetModel");
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(s.message(), "GetModel: no model x");
+  EXPECT_EQ(ToGrpcStatus(FromGrpcStatus(grpc::Status(
+                             grpc::StatusCode::RESOURCE_EXHAUSTED, "full")))
+                .error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
 TEST(ToGrpcStatusTest, NonCanonicalCodeIsUnknown) {
   const absl::Status in(static_cast<absl::StatusCode>(99), "odd");
   const grpc::Status out = ToGrpcStatus(in);

@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "services/server/server.h"
+#include "tests/integration/test_util.h"
 
 namespace deltaserve {
 namespace {
@@ -39,18 +40,8 @@ constexpr char kDemoDir[] = "engine/model/demo-qwen35";
 constexpr int kDemoVocab = 4096;
 
 ServerOptions TestOptions() {
-  ServerOptions options;
-  options.model_dir = kDemoDir;
-  options.listen = "127.0.0.1:0";
-  options.device = "cpu";
-  options.num_threads = 1;
-  options.engine.max_running_requests = 8;
-  options.engine.max_queued_requests = 64;
-  options.engine.max_batched_tokens = 128;
-  options.engine.kv_capacity_tokens = 8192;
-  options.engine.default_max_new_tokens = 8;
+  ServerOptions options = SmallServerOptions(kDemoDir);
   options.engine.max_new_tokens_limit = 64;
-  options.engine.seed = 7;
   return options;
 }
 

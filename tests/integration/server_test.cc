@@ -53,22 +53,6 @@ using ::testing::StartsWith;
 // Relative to the test's runfiles directory, its working directory.
 constexpr char kDemoDir[] = "engine/model/demo-qwen35";
 
-ServerOptions TestOptions(const std::string& model_dir) {
-  ServerOptions options;
-  options.model_dir = model_dir;
-  options.listen = "127.0.0.1:0";
-  options.device = "cpu";
-  options.num_threads = 1;
-  options.engine.max_running_requests = 8;
-  options.engine.max_queued_requests = 64;
-  options.engine.max_batched_tokens = 128;
-  options.engine.kv_capacity_tokens = 8192;
-  options.engine.default_max_new_tokens = 8;
-  options.engine.max_new_tokens_limit = 512;
-  options.engine.seed = 7;
-  return options;
-}
-
 class ServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -76,7 +60,7 @@ class ServerTest : public ::testing::Test {
         ReadFile(absl::StrCat(kDemoDir, "/golden.json")), nullptr,
         /*allow_exceptions=*/false));
     absl::StatusOr<std::unique_ptr<Server>> server =
-        Server::Start(TestOptions(kDemoDir));
+        Server::Start(SmallServerOptions(kDemoDir));
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
   }
@@ -678,7 +662,7 @@ TEST(ServerWithoutTokenizerTest, TakesTokenIdsAndRefusesText) {
     fs::create_symlink(fs::absolute(fs::path(kDemoDir) / file), dir / file);
   }
   absl::StatusOr<std::unique_ptr<Server>> server =
-      Server::Start(TestOptions(dir.string()));
+      Server::Start(SmallServerOptions(dir.string()));
   ASSERT_TRUE(server.ok()) << server.status();
   auto stub = v1::Inference::NewStub(Connect(**server));
 
@@ -706,7 +690,7 @@ TEST(ServerWithoutTokenizerTest, TakesTokenIdsAndRefusesText) {
 }
 
 TEST(ServerStartTest, RejectsUnknownDevicesAndMissingModels) {
-  ServerOptions options = TestOptions(kDemoDir);
+  ServerOptions options = SmallServerOptions(kDemoDir);
   options.device = "tpu";
   EXPECT_EQ(Server::Start(options).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -715,14 +699,14 @@ TEST(ServerStartTest, RejectsUnknownDevicesAndMissingModels) {
   EXPECT_EQ(cuda.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(cuda.message(), HasSubstr("no CUDA support"));
 
-  options = TestOptions("/nonexistent/model");
+  options = SmallServerOptions("/nonexistent/model");
   EXPECT_EQ(Server::Start(options).status().code(),
             absl::StatusCode::kNotFound);
 }
 
 TEST(ServerShutdownTest, EndsActiveGenerationsAndStopsServing) {
   absl::StatusOr<std::unique_ptr<Server>> server =
-      Server::Start(TestOptions(kDemoDir));
+      Server::Start(SmallServerOptions(kDemoDir));
   ASSERT_TRUE(server.ok()) << server.status();
   auto channel = Connect(**server);
   auto stub = v1::Inference::NewStub(channel);

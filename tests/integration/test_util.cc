@@ -8,6 +8,22 @@
 
 namespace deltaserve {
 
+ServerOptions SmallServerOptions(const std::string& model_dir) {
+  ServerOptions options;
+  options.model_dir = model_dir;
+  options.listen = "127.0.0.1:0";
+  options.device = "cpu";
+  options.num_threads = 1;
+  options.engine.max_running_requests = 8;
+  options.engine.max_queued_requests = 64;
+  options.engine.max_batched_tokens = 128;
+  options.engine.kv_capacity_tokens = 8192;
+  options.engine.default_max_new_tokens = 8;
+  options.engine.max_new_tokens_limit = 512;
+  options.engine.seed = 7;
+  return options;
+}
+
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream contents;

@@ -17,6 +17,11 @@
 
 namespace deltaserve {
 
+// Options of a small CPU server for tests: `model_dir` on 127.0.0.1 port 0,
+// one thread, 8 running requests, 128 tokens a step, 8192 KV tokens,
+// max_new_tokens default 8 and limit 512, engine seed 7.
+ServerOptions SmallServerOptions(const std::string& model_dir);
+
 // The whole file, or "" when it cannot be read.
 std::string ReadFile(const std::string& path);
 
