@@ -78,9 +78,30 @@ StepPlan Scheduler::Schedule(const SchedResources& r) {
   int64_t free_pages = r.FreePages();
   int free_slots = r.FreeSlots();
 
+  // Preempts the newest running request, giving back what this plan had
+  // already given it.
+  std::vector<SchedSeq*> preempted;  // newest first
+  auto preempt_newest = [&]() -> SchedSeq* {
+    SchedSeq* victim = running_.back();
+    running_.pop_back();
+    for (auto it = plan.batch.begin(); it != plan.batch.end(); ++it) {
+      if (it->seq == victim) {
+        free_pages += r.PagesNeeded(*victim, it->num_tokens);
+        budget += it->num_tokens;
+        plan.batch.erase(it);
+        break;
+      }
+    }
+    free_pages += r.PagesHeld(*victim);
+    ++free_slots;
+    victim->phase = SchedSeq::Phase::kPreempted;
+    plan.preempt.push_back(victim);
+    preempted.push_back(victim);
+    return victim;
+  };
+
   // 1. One decode token for every generating request, preempting the newest
   //    running requests when pages run out.
-  std::vector<SchedSeq*> preempted;  // newest first
   for (size_t i = 0; i < running_.size();) {
     SchedSeq* s = running_[i];
     if (!s->decoding) {
@@ -90,14 +111,7 @@ StepPlan Scheduler::Schedule(const SchedResources& r) {
     const int64_t need = r.PagesNeeded(*s, 1);
     bool self_preempted = false;
     while (need > free_pages) {
-      SchedSeq* victim = running_.back();
-      running_.pop_back();
-      free_pages += r.PagesHeld(*victim);
-      ++free_slots;
-      victim->phase = SchedSeq::Phase::kPreempted;
-      plan.preempt.push_back(victim);
-      preempted.push_back(victim);
-      if (victim == s) {
+      if (preempt_newest() == s) {
         self_preempted = true;
         break;
       }
@@ -108,20 +122,28 @@ StepPlan Scheduler::Schedule(const SchedResources& r) {
     plan.batch.push_back({s, 1});
     ++i;
   }
-  // Preempted requests wait at the front, oldest first.
-  for (SchedSeq* victim : preempted) waiting_.push_front(victim);
 
-  // 2. Prefill chunks for running requests still in their prompt.
-  for (SchedSeq* s : running_) {
-    if (budget <= 0) break;
+  // 2. Prefill chunks for running requests still in their prompt, oldest
+  //    first. An older prompt that has no pages for its next chunk preempts
+  //    newer requests rather than wait on them (two half-prefilled prompts
+  //    could otherwise wait on each other forever).
+  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    SchedSeq* s = running_[i];
     if (!s->in_prefill()) continue;
-    const int64_t n = FitTokens(
-        r, *s, std::min(s->prompt_len - s->computed, budget), free_pages);
+    const int64_t want = std::min(s->prompt_len - s->computed, budget);
+    int64_t n = FitTokens(r, *s, want, free_pages);
+    while (n == 0 && running_.size() > i + 1) {
+      preempt_newest();
+      n = FitTokens(r, *s, std::min(s->prompt_len - s->computed, budget),
+                    free_pages);
+    }
     if (n == 0) continue;
     free_pages -= r.PagesNeeded(*s, n);
     budget -= n;
     plan.batch.push_back({s, n});
   }
+  // Preempted requests wait at the front, oldest first.
+  for (SchedSeq* victim : preempted) waiting_.push_front(victim);
 
   // 3. Admission, in queue order; stops at the first request that does not
   //    fit so that later ones never overtake it.

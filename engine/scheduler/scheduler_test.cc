@@ -231,6 +231,26 @@ TEST(SchedulerTest, RequestLargerThanItsShareWaitsInsteadOfStarving) {
   EXPECT_EQ(b->generated, 20);
 }
 
+TEST(SchedulerTest, TwoLongPromptsThatDoNotFitTogetherBothFinish) {
+  // 30 pages of 4 tokens = 120 tokens: two 100-token prompts admitted
+  // together run out of pages half-way; the older one must not wait on the
+  // newer forever.
+  Scheduler sched = Make(8, 40);
+  SimPool pool(8, 30, 4);
+  SimPool::Req* a = pool.Add(sched, 100, 5);
+  SimPool::Req* b = pool.Add(sched, 100, 5);
+  int steps = 0;
+  while (pool.finished() < 2) {
+    StepPlan plan = sched.Schedule(pool);
+    ASSERT_GT(plan.num_tokens(), 0) << "stalled at step " << steps;
+    pool.Apply(sched, plan);
+    ASSERT_LT(++steps, 1000);
+  }
+  EXPECT_GT(pool.preemptions(), 0);
+  EXPECT_EQ(a->generated, 5);
+  EXPECT_EQ(b->generated, 5);
+}
+
 TEST(SchedulerTest, RemovedRequestsFreeTheirPlace) {
   Scheduler sched = Make(2, 64);
   SimPool pool(2, 1000, 16);
