@@ -8,7 +8,8 @@
 //     requests are preempted (their state saved off the device, slot and
 //     pages freed) until it fits; a request may preempt itself.
 //  2. Running requests still in their prompt get prefill chunks, oldest
-//     first, within the step's token budget and the free pages.
+//     first, within the step's token budget and the free pages; one short
+//     of pages preempts newer requests rather than wait on them.
 //  3. Waiting requests are admitted in order — preempted ones first, then
 //     new ones — while a slot, budget and pages remain; admission stops at
 //     the first that does not fit, so no request is overtaken forever.
