@@ -10,39 +10,12 @@ readonly CLI="${RUNFILES}/clients/cli/deltaserve-cli"
 readonly WORK="$(mktemp -d "${TEST_TMPDIR:-/tmp}/cli_e2e.XXXXXX")"
 readonly CLI_TIMEOUT=60
 
-SERVER_PID=""
-cleanup() {
-  if [[ -n "${SERVER_PID}" ]] && kill -0 "${SERVER_PID}" 2>/dev/null; then
-    kill -KILL "${SERVER_PID}" 2>/dev/null
-  fi
-  exec 3<&- 2>/dev/null
-}
-trap cleanup EXIT
+source "${RUNFILES}/tests/e2e/server_process.sh"
 
-fail() {
-  echo "FAIL: $*" >&2
-  if [[ -f "${WORK}/server.err" ]]; then
-    echo "--- server stderr:" >&2
-    cat "${WORK}/server.err" >&2
-  fi
-  exit 1
-}
-
-# The server's stdout goes through a FIFO so that the test blocks (with a
-# deadline) on its "listening on" line instead of polling for it.
-mkfifo "${WORK}/server.out"
-"${SERVER}" --listen=127.0.0.1:0 --threads=1 --max_running_requests=4 \
-  --kv_cache_tokens=4096 >"${WORK}/server.out" 2>"${WORK}/server.err" &
-SERVER_PID=$!
-exec 3<"${WORK}/server.out"
-if ! read -r -t 120 -u 3 LINE; then
-  fail "the server printed no 'listening on' line within 120 s"
-fi
-echo "server: ${LINE}"
-[[ "${LINE}" =~ ^deltaserve-server\ listening\ on\ 127\.0\.0\.1:([0-9]+)\ \(model\ demo-qwen35,\ device\ cpu\)$ ]] ||
-  fail "unexpected first line: ${LINE}"
-readonly PORT="${BASH_REMATCH[1]}"
-[[ "${PORT}" -gt 0 ]] || fail "port ${PORT}"
+start_server --threads=1 --max_running_requests=4 --kv_cache_tokens=4096
+[[ "${SERVER_LINE}" =~ \(model\ demo-qwen35,\ device\ cpu\)$ ]] ||
+  fail "unexpected first line: ${SERVER_LINE}"
+readonly PORT="${SERVER_PORT}"
 
 cli() {
   timeout "${CLI_TIMEOUT}" "${CLI}" --server="127.0.0.1:${PORT}" "$@"
@@ -93,14 +66,7 @@ cli generate --prompt="x" --max_new_tokens=2 >/dev/null 2>"${WORK}/after.err" ||
   fail "generate after a bad request: $(cat "${WORK}/after.err")"
 
 # SIGTERM: a clean shutdown, exit status 0, within a deadline.
-kill -TERM "${SERVER_PID}"
-if ! timeout 30 tail --pid="${SERVER_PID}" -f /dev/null; then
-  fail "the server did not exit within 30 s of SIGTERM"
-fi
-wait "${SERVER_PID}"
-rc=$?
-SERVER_PID=""
-[[ ${rc} -eq 0 ]] || fail "the server exited with ${rc} after SIGTERM"
+stop_server
 grep -q "SIGTERM, shutting down" "${WORK}/server.err" ||
   fail "no shutdown message from the server"
 
