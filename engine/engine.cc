@@ -6,9 +6,11 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "engine/engine_internal.h"
 #include "engine/model/tokenizer.h"
 #include "engine/runner/model_runner.h"
 #include "engine/scheduler/scheduler.h"
+#include "engine/session/session_state.h"
 #include "engine/state/state_pool.h"
 #include "kernels/status.h"
 
@@ -45,60 +47,60 @@ bool GenerationStream::cancelled() const {
 // ---------------------------------------------------------------------------
 // Engine
 
-struct Engine::Request : SchedSeq {
-  GenerationRequest req;
-  std::shared_ptr<GenerationStream> stream;
-  absl::Time arrival;
-  int max_new_tokens = 0;
-  int slot = -1;
-  SeqPages pages;
-  int64_t pos = 0;          // tokens already in the sequence state
-  int32_t next_input = -1;  // sampled token to feed next
-  int num_generated = 0;
-  std::mt19937_64 rng;
-  std::unique_ptr<IncrementalDecoder> decoder;
-  std::string text;         // decoded text so far
-  size_t text_emitted = 0;  // bytes of `text` already streamed
-  double ttft_s = 0.0;
-  bool done = false;
-  std::optional<SavedSequence> saved;  // while preempted
-};
+int64_t Engine::Resources::FreePages() const {
+  return has_kv_ ? pool_->free_pages() + idle_pages
+                 : std::numeric_limits<int64_t>::max() / 2;
+}
 
-// The scheduler's view of the state pool.
-class Engine::Resources : public SchedResources {
- public:
-  Resources(const StatePool* pool, bool has_kv)
-      : pool_(pool), has_kv_(has_kv) {}
-  int FreeSlots() const override { return pool_->free_slots(); }
-  int64_t FreePages() const override {
-    return has_kv_ ? pool_->free_pages()
-                   : std::numeric_limits<int64_t>::max() / 2;
-  }
-  int64_t PagesNeeded(const SchedSeq& seq, int64_t n) const override {
-    if (!has_kv_) return 0;
-    return pool_->PagesNeeded(static_cast<const Request&>(seq).pages,
-                              seq.computed, n);
-  }
-  int64_t PagesHeld(const SchedSeq& seq) const override {
-    return static_cast<const Request&>(seq).pages.held();
-  }
+int64_t Engine::Resources::PagesNeeded(const SchedSeq& seq, int64_t n) const {
+  if (!has_kv_) return 0;
+  return pool_->PagesNeeded(static_cast<const Request&>(seq).pages,
+                            seq.computed, n);
+}
 
- private:
-  const StatePool* pool_;
-  bool has_kv_;
-};
+int64_t Engine::Resources::PagesHeld(const SchedSeq& seq) const {
+  return static_cast<const Request&>(seq).pages.held();
+}
 
-struct Engine::Internals {
-  std::unique_ptr<StatePool> pool;
-  std::unique_ptr<ModelRunner> runner;
-  std::optional<Scheduler> scheduler;
-  std::unique_ptr<Resources> resources;
-  std::vector<std::unique_ptr<Request>> owned;  // waiting or running
-  uint64_t next_id = 0;
-  std::vector<float> logits;
-  std::vector<SequenceInput> inputs;
-  std::vector<Request*> members;
-};
+// ---------------------------------------------------------------------------
+// Committer
+
+Engine::Committer::Committer() : thread_([this] { Loop(); }) {}
+
+Engine::Committer::~Committer() { Stop(); }
+
+void Engine::Committer::Enqueue(std::function<void()> job) {
+  absl::MutexLock lock(&mu_);
+  jobs_.push_back(std::move(job));
+}
+
+void Engine::Committer::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void Engine::Committer::Loop() {
+  while (true) {
+    std::function<void()> job;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return stop_ || !jobs_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (jobs_.empty()) return;  // stopping, and everything ran
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    job();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Engine
 
 Engine::Engine(const Model* model, std::unique_ptr<Kernels> kernels,
                const Options& options)
@@ -137,6 +139,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
       engine->in_->pool.get(), model->spec().KvBytesPerToken() > 0);
   engine->in_->runner = std::make_unique<ModelRunner>(
       model, engine->kernels_.get(), engine->in_->pool.get());
+  if (options.state_store != nullptr) {
+    engine->fingerprint_ = options.model_fingerprint.empty()
+                               ? ModelFingerprint(*model)
+                               : options.model_fingerprint;
+  }
+  engine->committer_ = std::make_unique<Committer>();
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }
@@ -158,13 +166,19 @@ int Engine::num_active() const {
 
 Engine::Stats Engine::stats() const {
   absl::MutexLock lock(&mu_);
-  return stats_;
+  Stats stats = stats_;
+  stats.session_evictions = in_->session_evictions.load();
+  return stats;
 }
 
 absl::StatusOr<std::shared_ptr<GenerationStream>> Engine::Submit(
     GenerationRequest request) {
   const ModelSpec& spec = model_->spec();
-  if (request.prompt.empty()) {
+  const bool with_session = !request.session_id.empty();
+  if (request.append_only && !with_session) {
+    return absl::InvalidArgumentError("appending needs a session");
+  }
+  if (request.prompt.empty() && !with_session) {
     return absl::InvalidArgumentError("input is empty: give text or token_ids");
   }
   for (size_t i = 0; i < request.prompt.size(); ++i) {
@@ -185,7 +199,10 @@ absl::StatusOr<std::shared_ptr<GenerationStream>> Engine::Submit(
         "sampling.max_new_tokens must be in [1, ",
         options_.max_new_tokens_limit, "], got ", request.max_new_tokens));
   }
-  const int64_t limit = std::min(context_limit(), options_.max_prompt_tokens);
+  const int64_t limit =
+      request.append_only
+          ? context_limit() + 1
+          : std::min(context_limit(), options_.max_prompt_tokens);
   if (static_cast<int64_t>(request.prompt.size()) >= limit) {
     return absl::InvalidArgumentError(
         absl::StrCat("prompt has ", request.prompt.size(),
@@ -214,6 +231,23 @@ absl::StatusOr<std::shared_ptr<GenerationStream>> Engine::Submit(
         "sampling.stop needs a model with a tokenizer");
   }
   auto r = std::make_unique<Request>();
+  r->input_len = static_cast<int>(request.prompt.size());
+  if (with_session) {
+    // Claim the session and put its history in front of the input.
+    DS_RETURN_IF_ERROR(CheckSessions());
+    DS_ASSIGN_OR_RETURN(Session * session,
+                        Claim(request.session_id, /*allow_damaged=*/false));
+    absl::Status st = PrepareSessionRequest(session, &request, r.get());
+    if (!st.ok()) {
+      Unclaim(session);
+      return st;
+    }
+  } else {
+    r->tokens = std::move(request.prompt);
+  }
+  if (r->session == nullptr) {
+    r->prompt_len = static_cast<int64_t>(r->tokens.size());
+  }
   r->stream = std::make_shared<GenerationStream>();
   r->arrival = clock_->Now();
   r->max_new_tokens = request.max_new_tokens;
@@ -221,27 +255,35 @@ absl::StatusOr<std::shared_ptr<GenerationStream>> Engine::Submit(
     r->decoder = std::make_unique<IncrementalDecoder>(model_->tokenizer());
   }
   std::shared_ptr<GenerationStream> stream = r->stream;
+  absl::Status queued = absl::OkStatus();
   {
     absl::MutexLock lock(&mu_);
-    if (shutdown_) return absl::UnavailableError("server is shutting down");
-    if (static_cast<int>(queue_.size()) + num_waiting_ >=
-        options_.max_queued_requests) {
-      return absl::ResourceExhaustedError(
+    if (shutdown_) {
+      queued = absl::UnavailableError("server is shutting down");
+    } else if (static_cast<int>(queue_.size()) + num_waiting_ >=
+               options_.max_queued_requests) {
+      queued = absl::ResourceExhaustedError(
           absl::StrCat("request queue is full (", options_.max_queued_requests,
                        " waiting)"));
     }
-    uint64_t seed = request.seed;
-    if (seed == 0) {
-      // SplitMix64 step: distinct, reproducible seeds from the engine seed.
-      seed_state_ += 0x9e3779b97f4a7c15ull;
-      uint64_t z = seed_state_;
-      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-      seed = z ^ (z >> 31);
+    if (queued.ok()) {
+      uint64_t seed = request.seed;
+      if (seed == 0) {
+        // SplitMix64 step: distinct, reproducible seeds from the engine seed.
+        seed_state_ += 0x9e3779b97f4a7c15ull;
+        uint64_t z = seed_state_;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        seed = z ^ (z >> 31);
+      }
+      r->rng.seed(seed);
+      r->req = std::move(request);
+      queue_.push_back(std::move(r));
     }
-    r->rng.seed(seed);
-    r->req = std::move(request);
-    queue_.push_back(std::move(r));
+  }
+  if (!queued.ok()) {
+    if (r->session != nullptr) Unclaim(r->session);
+    return queued;
   }
   return stream;
 }
@@ -253,20 +295,33 @@ void Engine::Shutdown() {
   }
   absl::MutexLock join_lock(&join_mu_);
   if (thread_.joinable()) thread_.join();
+  committer_->Stop();
 }
 
 void Engine::Loop() {
   while (true) {
     bool stop;
+    const absl::Time expiry = NextIdleExpiry();
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-        return shutdown_ || !queue_.empty() || num_owned_ > 0;
+        return shutdown_ || !queue_.empty() || num_owned_ > 0 ||
+               !ops_.empty() || wake_;
       };
-      mu_.Await(absl::Condition(&has_work));
+      if (expiry == absl::InfiniteFuture()) {
+        mu_.Await(absl::Condition(&has_work));
+      } else {
+        // Real time, as the idle timeout is: sleep until the next expiry.
+        mu_.AwaitWithTimeout(
+            absl::Condition(&has_work),
+            std::max(expiry - clock_->Now(), absl::Milliseconds(1)));
+      }
       stop = shutdown_;
+      wake_ = false;
     }
+    RunOps();
     if (stop) break;
+    EvictIdle(0, 0);
     Drain();
     Step();
   }
@@ -277,6 +332,7 @@ void Engine::Loop() {
     queued.swap(queue_);
   }
   for (auto& r : queued) {
+    if (r->session != nullptr) Unclaim(r->session);  // state untouched
     GenerationEvent ev;
     ev.finished = true;
     ev.error = absl::UnavailableError("server is shutting down");
@@ -285,6 +341,15 @@ void Engine::Loop() {
   for (auto& r : in_->owned) {
     if (!r->done) Finish(r.get(), FinishReason::kCancelled);
   }
+  // Later session calls run their engine work inline (RunOnEngine).
+  std::deque<std::function<void()>> ops;
+  {
+    absl::MutexLock lock(&mu_);
+    loop_exited_ = true;
+    ops.swap(ops_);
+  }
+  absl::MutexLock lock(&inline_ops_mu_);
+  for (auto& op : ops) op();
   in_->owned.clear();
 }
 
@@ -297,10 +362,35 @@ void Engine::Drain() {
   }
   for (auto& r : incoming) {
     r->id = in_->next_id++;
-    r->prompt_len = static_cast<int64_t>(r->req.prompt.size());
     in_->owned.push_back(std::move(r));
     Request* req = in_->owned.back().get();
-    absl::Status st = in_->scheduler->Enqueue(req);
+    Session* session = req->session;
+    absl::Status st;
+    const bool nothing_to_feed = req->req.append_only && !req->in_prefill();
+    if (session != nullptr && session->on_device()) {
+      // The state stays where it is: the request runs at once.
+      req->slot = session->slot;
+      req->pages = std::move(session->pages);
+      session->slot = -1;
+      session->pages = SeqPages();
+      if (!nothing_to_feed) {
+        st = in_->scheduler->EnqueueRunning(req);
+        if (!st.ok()) {  // more sessions than slots: a broken invariant
+          req->state_lost = true;
+          st = absl::InternalError(st.message());
+        }
+      }
+    } else {
+      if (session != nullptr && session->host.has_value()) {
+        req->saved = std::move(session->host);
+        session->host.reset();
+      }
+      if (!nothing_to_feed) st = in_->scheduler->Enqueue(req);
+    }
+    if (nothing_to_feed) {  // only the last token to append: no compute
+      Finish(req, FinishReason::kStop);
+      continue;
+    }
     if (!st.ok()) Fail(req, st);
   }
 }
@@ -340,20 +430,27 @@ void Engine::Fail(Request* r, const absl::Status& status) {
   ev.finished = true;
   ev.error = status;
   ev.request_id = r->req.request_id;
-  Release(r);  // before the last event, so consumers see the freed state
-  r->stream->Push(std::move(ev));
+  End(r, std::move(ev));
 }
 
 void Engine::Finish(Request* r, FinishReason reason) {
   GenerationEvent ev;
   ev.finished = true;
   ev.finish_reason = reason;
-  ev.prompt_tokens = static_cast<int>(r->req.prompt.size());
+  ev.prompt_tokens = r->input_len;
   ev.completion_tokens = r->num_generated;
   ev.time_to_first_token_s = r->ttft_s;
   ev.request_id = r->req.request_id;
+  End(r, std::move(ev));
+}
+
+void Engine::End(Request* r, GenerationEvent end) {
+  if (r->session != nullptr) {
+    EndSession(r, std::move(end));
+    return;
+  }
   Release(r);  // before the last event, so consumers see the freed state
-  r->stream->Push(std::move(ev));
+  r->stream->Push(std::move(end));
 }
 
 namespace {
@@ -385,6 +482,7 @@ void Engine::HandleSampled(Request* r, const float* logits) {
   }
   ++r->num_generated;
   r->next_input = s.token;
+  r->tokens.push_back(s.token);
 
   GenerationEvent ev;
   ev.token_ids.push_back(s.token);
@@ -446,7 +544,7 @@ void Engine::HandleSampled(Request* r, const float* logits) {
     finish = true;
     reason = FinishReason::kLength;
   }
-  ev.prompt_tokens = static_cast<int>(r->req.prompt.size());
+  ev.prompt_tokens = r->input_len;
   ev.completion_tokens = r->num_generated;
   const std::string matched = ev.matched_stop;
   r->stream->Push(std::move(ev));
@@ -455,12 +553,11 @@ void Engine::HandleSampled(Request* r, const float* logits) {
     end.finished = true;
     end.finish_reason = reason;
     end.matched_stop = matched;
-    end.prompt_tokens = static_cast<int>(r->req.prompt.size());
+    end.prompt_tokens = r->input_len;
     end.completion_tokens = r->num_generated;
     end.time_to_first_token_s = r->ttft_s;
     end.request_id = r->req.request_id;
-    Release(r);
-    r->stream->Push(std::move(end));
+    End(r, std::move(end));
   }
 }
 
@@ -468,38 +565,18 @@ void Engine::Step() {
   const absl::Time start = clock_->Now();
   Sweep();
   StatePool& pool = *in_->pool;
+  CountIdleSessions();
   const StepPlan plan = in_->scheduler->Schedule(*in_->resources);
-  for (SchedSeq* s : plan.preempt) {
-    Request* r = static_cast<Request*>(s);
-    r->saved = pool.Save(r->slot, r->pages, r->pos);
-    pool.FreeSlot(r->slot);
-    r->slot = -1;
-    pool.FreePages(&r->pages);
-  }
-  const bool has_kv = model_->spec().KvBytesPerToken() > 0;
+  for (SchedSeq* s : plan.preempt) Preempt(static_cast<Request*>(s));
   for (const auto* group : {&plan.admit, &plan.resume}) {
     for (SchedSeq* s : *group) {
       Request* r = static_cast<Request*>(s);
-      absl::StatusOr<int> slot = pool.AllocateSlot();
-      if (!slot.ok()) {  // the plan counted free slots: a broken invariant
-        Fail(r, absl::InternalError(slot.status().message()));
-        continue;
-      }
-      r->slot = *slot;
-      if (r->saved.has_value()) {
-        absl::Status st =
-            has_kv ? pool.RestoreCapacity(&r->pages, r->pos) : absl::OkStatus();
-        if (st.ok()) st = pool.Restore(*r->saved, r->slot, r->pages);
-        if (!st.ok()) {
-          Fail(r, absl::InternalError(st.message()));
-          continue;
-        }
-        r->saved.reset();
-      }
+      if (!r->done) Place(r);
     }
   }
   in_->inputs.clear();
   in_->members.clear();
+  const bool has_kv = model_->spec().KvBytesPerToken() > 0;
   for (const StepPlan::Item& item : plan.batch) {
     Request* r = static_cast<Request*>(item.seq);
     if (r->done) continue;
@@ -508,14 +585,16 @@ void Engine::Step() {
     in.start_pos = r->pos;
     if (r->in_prefill()) {
       in.tokens =
-          absl::MakeConstSpan(r->req.prompt.data() + r->pos, item.num_tokens);
+          absl::MakeConstSpan(r->tokens.data() + r->pos, item.num_tokens);
     } else {
       in.tokens = absl::MakeConstSpan(&r->next_input, 1);
     }
     if (has_kv) {
+      EvictIdle(0, pool.PagesNeeded(r->pages, r->pos, item.num_tokens));
       absl::Status st =
           pool.EnsureCapacity(&r->pages, r->pos + item.num_tokens);
       if (!st.ok()) {  // the plan counted free pages: a broken invariant
+        r->state_lost = true;
         Fail(r, absl::InternalError(st.message()));
         continue;
       }
@@ -529,6 +608,7 @@ void Engine::Step() {
     absl::Status st = in_->runner->Forward(in_->inputs, false, &in_->logits);
     if (!st.ok()) {
       for (Request* r : in_->members) {
+        r->state_lost = true;
         Fail(r, absl::InternalError(
                     absl::StrCat("forward pass failed: ", st.message())));
       }
@@ -541,7 +621,9 @@ void Engine::Step() {
         r->pos += n;
         r->computed = r->pos;
         pool.ReleaseOutOfWindow(&r->pages, r->pos);
-        if (r->decoding || r->pos == r->prompt_len) {
+        if (r->req.append_only) {
+          if (r->pos == r->prompt_len) Finish(r, FinishReason::kStop);
+        } else if (r->decoding || r->pos == r->prompt_len) {
           r->decoding = true;
           HandleSampled(r, in_->logits.data() + i * v);
         }

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -28,6 +29,7 @@
 #include "engine/clock.h"
 #include "engine/model/model.h"
 #include "engine/sampler/sampler.h"
+#include "engine/state_store/state_store.h"
 #include "kernels/kernels.h"
 
 namespace deltaserve {
@@ -54,6 +56,13 @@ struct GenerationRequest {
   // The request ends with DEADLINE_EXCEEDED once the engine's clock passes
   // this (checked once per step).
   absl::Time deadline = absl::InfiniteFuture();
+  // Continue this session: the model sees its history, then `prompt` (which
+  // may be empty when the session ends with a token not yet fed). The fed
+  // and generated tokens are appended to the session and its new state is
+  // committed before the final event.
+  std::string session_id;
+  // Feed `prompt` into the session without generating (needs session_id).
+  bool append_only = false;
 };
 
 // Log-probabilities at one generated position.
@@ -77,6 +86,31 @@ struct GenerationEvent {
   std::string matched_stop;
   double time_to_first_token_s = 0.0;
   std::string request_id;
+  // Final event of a session request: the session's history length and
+  // committed snapshot afterwards.
+  int64_t session_tokens = 0;
+  uint64_t session_snapshot_seq = 0;
+};
+
+// Where a session's state is.
+enum class SessionTier { kDevice, kHost, kDisk };
+
+// What the engine reports about a session.
+struct SessionInfo {
+  // The last committed snapshot's metadata (history_tokens included).
+  SessionMeta meta;
+  SessionTier tier = SessionTier::kDisk;
+  // A call (Generate, Append) is using it; its history may be longer than
+  // meta.history_tokens until that call commits.
+  bool busy = false;
+  // Tokens in the history, the running call's included.
+  int64_t num_tokens = 0;
+};
+
+struct SessionList {
+  std::vector<SessionInfo> sessions;
+  std::vector<std::string> damaged_session_ids;
+  std::string next_page_token;
 };
 
 // The consumer's end of one request: a queue of events. Thread-safe.
@@ -111,6 +145,17 @@ class Engine {
     int64_t max_prompt_tokens = 32768;
     uint64_t seed = 0;             // picks seeds for requests without one
     const Clock* clock = nullptr;  // RealClock when null
+
+    // Sessions. Without a store the session calls answer
+    // FAILED_PRECONDITION. Not owned; must outlive the engine.
+    StateStore* state_store = nullptr;
+    // Sessions idle this long are paused (their memory freed); zero: never.
+    absl::Duration session_idle_pause = absl::ZeroDuration();
+    // Host memory for sessions evicted from the device (beyond it the least
+    // recently used go to disk only).
+    int64_t session_host_cache_bytes = int64_t{1} << 30;
+    // Model fingerprint for stored sessions; empty: computed from the model.
+    std::string model_fingerprint;
   };
 
   // Takes ownership of `kernels`; `model` must outlive the engine. Starts
@@ -127,9 +172,37 @@ class Engine {
   absl::StatusOr<std::shared_ptr<GenerationStream>> Submit(
       GenerationRequest request);
 
-  // Stops accepting requests, ends active ones with kCancelled and joins the
-  // engine thread. Idempotent.
+  // Stops accepting requests, ends active ones with kCancelled (committing
+  // the sessions they used), joins the engine thread and waits for every
+  // commit. Idempotent.
   void Shutdown();
+
+  // Sessions (need Options::state_store; else FAILED_PRECONDITION). Every
+  // call naming a session returns INVALID_ARGUMENT for a malformed id,
+  // NOT_FOUND for an unknown one and DATA_LOSS when its stored state fails
+  // its checksum; calls that change a session return ABORTED while another
+  // call uses it. Thread-safe.
+  //
+  // A new empty session, committed. Storage errors as StateStore::Commit.
+  absl::StatusOr<SessionInfo> CreateSession();
+  absl::StatusOr<SessionInfo> GetSession(absl::string_view session_id);
+  // INVALID_ARGUMENT: bad page token.
+  absl::StatusOr<SessionList> ListSessions(const ListOptions& options);
+  // Frees the session's device and host memory (its state is on disk).
+  absl::StatusOr<SessionInfo> PauseSession(absl::string_view session_id);
+  // Loads the session into device memory (host when no slot is free).
+  absl::StatusOr<SessionInfo> ResumeSession(absl::string_view session_id);
+  // A new session with a copy of the session's last committed state.
+  absl::StatusOr<SessionInfo> ForkSession(absl::string_view session_id);
+  // Removes the session (also one whose stored state is damaged).
+  absl::Status DeleteSession(absl::string_view session_id);
+  // The session's last committed state as an export stream (StateStore).
+  absl::StatusOr<std::string> ExportSession(absl::string_view session_id);
+  // Stores an export stream as a new session. Errors as
+  // StateStore::Import (FAILED_PRECONDITION for another model's stream).
+  absl::StatusOr<SessionInfo> ImportSession(absl::string_view bytes);
+  // The fingerprint stored sessions are bound to.
+  const std::string& model_fingerprint() const { return fingerprint_; }
 
   const Model& model() const { return *model_; }
   const Options& options() const { return options_; }
@@ -145,12 +218,18 @@ class Engine {
     int64_t resumes = 0;
     int64_t max_step_tokens = 0;
     absl::Duration max_step_time;  // longest step, planning to streaming
+    // Session snapshots committed, and sessions moved off the device (idle
+    // timeout, memory pressure or a pause).
+    int64_t session_commits = 0;
+    int64_t session_evictions = 0;
   };
   Stats stats() const;
 
  private:
   struct Request;
+  struct Session;
   class Resources;
+  class Committer;
   Engine(const Model* model, std::unique_ptr<Kernels> kernels,
          const Options& options);
   void Loop();
@@ -165,6 +244,51 @@ class Engine {
   void Release(Request* r);
   void HandleSampled(Request* r, const float* logits);
   bool IsCancelled(const Request& r) const;
+  // Sends a request's final event; for a session request first hands its
+  // state back to the session and commits it.
+  void End(Request* r, GenerationEvent end);
+  void EndSession(Request* r, GenerationEvent end);
+  // Preempts a running request: saves its state (a session's to the store)
+  // and frees its slot and pages.
+  void Preempt(Request* r);
+  // Gives a request about to run its state back: restores what it saved,
+  // loads a session's from the store. False when the request failed.
+  bool Place(Request* r);
+
+  // Session table.
+  absl::Status CheckSessions() const;
+  std::string NewSessionId();
+  // Marks the session busy for the caller (loading its metadata when it is
+  // not in memory). ABORTED when busy; NOT_FOUND, DATA_LOSS (unless
+  // `allow_damaged`) from the store.
+  absl::StatusOr<Session*> Claim(absl::string_view id, bool allow_damaged);
+  // Ends a claim; forgets the session when it holds no memory.
+  void Unclaim(Session* s);
+  SessionInfo InfoLocked(const Session& s) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(sessions_mu_);
+  SessionInfo InfoFromMeta(const SessionMeta& meta) const;
+  // Runs `fn` on the engine thread (inline once it has stopped) and waits.
+  void RunOnEngine(std::function<void()> fn);
+  // Engine thread: runs queued functions.
+  void RunOps();
+  // Engine thread: evicts idle sessions past the idle timeout, and the
+  // least recently used idle ones until `slots` slots and `pages` pages are
+  // free (as far as idle sessions allow).
+  void EvictIdle(int slots, int64_t pages);
+  // Engine thread: frees a session's device (and, unless `to_host`, host)
+  // memory; with `to_host` its device state is copied to host memory first
+  // when the host cache has room.
+  void FreeState(Session* s, bool to_host);
+  // Engine thread: sets the scheduler's view of idle sessions' memory.
+  void CountIdleSessions();
+  // Submit: puts a claimed session's history (loaded from the store when
+  // not in memory) in front of the request's input. INVALID_ARGUMENT,
+  // DATA_LOSS.
+  absl::Status PrepareSessionRequest(Session* s, GenerationRequest* request,
+                                     Request* r);
+  // Engine thread: the next time an idle session expires (InfiniteFuture
+  // when none).
+  absl::Time NextIdleExpiry() const;
 
   const Model* model_;
   std::unique_ptr<Kernels> kernels_;
@@ -182,9 +306,22 @@ class Engine {
   int num_waiting_ ABSL_GUARDED_BY(mu_) = 0;
   Stats stats_ ABSL_GUARDED_BY(mu_);
 
+  // Functions for the engine thread (RunOnEngine).
+  std::deque<std::function<void()>> ops_ ABSL_GUARDED_BY(mu_);
+  bool loop_exited_ ABSL_GUARDED_BY(mu_) = false;
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;  // a session became idle
+  absl::Mutex inline_ops_mu_;  // serialises RunOnEngine after the loop
+
+  // Sessions in memory or used by a call (others live only in the store).
+  std::string fingerprint_;
+  mutable absl::Mutex sessions_mu_;
+  std::map<std::string, std::unique_ptr<Session>, std::less<>> sessions_
+      ABSL_GUARDED_BY(sessions_mu_);
+
   // Engine thread only.
   struct Internals;
   std::unique_ptr<Internals> in_;
+  std::unique_ptr<Committer> committer_;
   std::thread thread_;
 };
 

@@ -64,6 +64,16 @@ absl::Status Scheduler::Enqueue(SchedSeq* seq) {
   return absl::OkStatus();
 }
 
+absl::Status Scheduler::EnqueueRunning(SchedSeq* seq) {
+  if (static_cast<int>(running_.size()) >= options_.max_running_requests) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(options_.max_running_requests, " requests are running"));
+  }
+  seq->phase = SchedSeq::Phase::kRunning;
+  running_.push_back(seq);
+  return absl::OkStatus();
+}
+
 void Scheduler::Remove(SchedSeq* seq) {
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), seq),
                  waiting_.end());

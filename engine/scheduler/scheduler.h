@@ -89,6 +89,10 @@ class Scheduler {
   // Queues a new request (phase kWaiting). RESOURCE_EXHAUSTED when
   // max_queued_requests are already waiting.
   absl::Status Enqueue(SchedSeq* seq);
+  // Adds a request that already holds a slot and its state (a session whose
+  // state stayed on the device) straight to the running set, as the newest
+  // (phase kRunning). RESOURCE_EXHAUSTED when max_running_requests run.
+  absl::Status EnqueueRunning(SchedSeq* seq);
   // Plans the next step.
   StepPlan Schedule(const SchedResources& resources);
   // Forgets a request (finished, failed or cancelled), queued or running.
