@@ -4,10 +4,14 @@
 //   deltaserve-cli [--server=HOST:PORT] generate --token_ids=1,2,3 ...
 //   deltaserve-cli [--server=HOST:PORT] models
 //   deltaserve-cli [--server=HOST:PORT] health
+//   deltaserve-cli [--server=HOST:PORT] session COMMAND [ID] [flags]
 //
-// generate streams the text to stdout as it arrives. Exit status: 0 on
-// success, 1 for a usage error or a server that is not SERVING, 2 when the
-// call fails (the gRPC status is printed to stderr as "error: CODE: message").
+// generate streams the text to stdout as it arrives; with --session=ID it
+// continues that session and prints the session's new token count and
+// snapshot to stderr. The session commands are in session_commands.h. Exit
+// status: 0 on success, 1 for a usage error or a server that is not SERVING,
+// 2 when the call fails (the gRPC status is printed to stderr as
+// "error: CODE: message").
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -21,31 +25,27 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
-#include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
-#include "absl/time/time.h"
+#include "clients/cli/cli_common.h"
+#include "clients/cli/session_commands.h"
 #include "proto/deltaserve/v1/inference.grpc.pb.h"
 #include "proto/deltaserve/v1/models.grpc.pb.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 #include "services/common/api_names.h"
-#include "services/common/grpc_status.h"
 
-ABSL_FLAG(std::string, server, "127.0.0.1:50051", "Server address.");
-ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
-          "Deadline of each call (e.g. 30s); 0 means none.");
 ABSL_FLAG(std::string, model, "", "Model name; empty: the server's default.");
-ABSL_FLAG(std::optional<std::string>, prompt, std::nullopt,
-          "generate: the prompt text.");
-ABSL_FLAG(std::vector<std::string>, token_ids, {},
-          "generate: the prompt as comma-separated token ids.");
+ABSL_FLAG(std::string, session, "",
+          "generate: continue this session (its id); empty: none.");
 ABSL_FLAG(std::optional<int>, max_new_tokens, std::nullopt,
           "generate: tokens to generate; unset: the server's default.");
 ABSL_FLAG(float, temperature, 0.0f, "generate: 0 is greedy.");
@@ -70,44 +70,11 @@ ABSL_FLAG(bool, verbose, false,
 namespace deltaserve {
 namespace {
 
-constexpr int kExitUsage = 1;
-constexpr int kExitRpcError = 2;
-
-int UsageError(absl::string_view message) {
-  absl::FPrintF(stderr, "deltaserve-cli: %s (see --help)\n", message);
-  return kExitUsage;
-}
-
-int RpcError(const grpc::Status& status) {
-  const absl::Status s = FromGrpcStatus(status);
-  absl::FPrintF(stderr, "error: %s: %s\n", absl::StatusCodeToString(s.code()),
-                s.message());
-  return kExitRpcError;
-}
-
-void SetDeadline(grpc::ClientContext* context) {
-  const absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
-  if (timeout > absl::ZeroDuration() && timeout != absl::InfiniteDuration()) {
-    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  }
-}
-
-bool ParseIds(const std::vector<std::string>& items, std::vector<int32_t>* ids,
-              std::string* error) {
-  for (const std::string& item : items) {
-    for (absl::string_view part : absl::StrSplit(item, ',')) {
-      part = absl::StripAsciiWhitespace(part);
-      if (part.empty()) continue;
-      int32_t id;
-      if (!absl::SimpleAtoi(part, &id)) {
-        *error = absl::StrCat("not a token id: \"", part, "\"");
-        return false;
-      }
-      ids->push_back(id);
-    }
-  }
-  return true;
-}
+using cli::kExitUsage;
+using cli::ParseIds;
+using cli::RpcError;
+using cli::SetDeadline;
+using cli::UsageError;
 
 // Every value given to --stop: absl keeps only the last occurrence of a
 // flag, so the occurrences are read from the command line itself.
@@ -141,19 +108,21 @@ bool ParseStops(const std::vector<std::string>& raw,
   return true;
 }
 
-std::shared_ptr<grpc::Channel> Connect() {
-  return grpc::CreateChannel(absl::GetFlag(FLAGS_server),
-                             grpc::InsecureChannelCredentials());
-}
-
 int Generate(const std::vector<std::string>& stop_values) {
   v1::GenerateRequest request;
   request.set_request_id(absl::GetFlag(FLAGS_request_id));
   request.set_model(absl::GetFlag(FLAGS_model));
+  request.set_session_id(absl::GetFlag(FLAGS_session));
   const std::optional<std::string> prompt = absl::GetFlag(FLAGS_prompt);
   const std::vector<std::string> token_ids = absl::GetFlag(FLAGS_token_ids);
-  if (prompt.has_value() == !token_ids.empty()) {
-    return UsageError("generate needs exactly one of --prompt and --token_ids");
+  if (prompt.has_value() && !token_ids.empty()) {
+    return UsageError("generate takes --prompt or --token_ids, not both");
+  }
+  if (!prompt.has_value() && token_ids.empty() &&
+      request.session_id().empty()) {
+    return UsageError(
+        "generate needs --prompt or --token_ids (or --session, to continue "
+        "a session)");
   }
   std::string error;
   if (prompt.has_value()) {
@@ -185,7 +154,8 @@ int Generate(const std::vector<std::string>& stop_values) {
   sampling->mutable_stop_token_ids()->Add(stop_ids.begin(), stop_ids.end());
   sampling->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
 
-  std::unique_ptr<v1::Inference::Stub> stub = v1::Inference::NewStub(Connect());
+  std::unique_ptr<v1::Inference::Stub> stub =
+      v1::Inference::NewStub(cli::Connect());
   grpc::ClientContext context;
   SetDeadline(&context);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
@@ -233,6 +203,12 @@ int Generate(const std::vector<std::string>& stop_values) {
             : absl::StrCat(" matched_stop=\"",
                            absl::CEscape(completion->matched_stop()), "\""));
   }
+  if (!request.session_id().empty() && completion.has_value()) {
+    absl::FPrintF(stderr,
+                  "session_id=%s session_tokens=%d session_snapshot_seq=%d\n",
+                  request.session_id(), completion->session_tokens(),
+                  completion->session_snapshot_seq());
+  }
   return 0;
 }
 
@@ -259,7 +235,7 @@ std::string DescribeLayers(const v1::ModelInfo& info) {
 }
 
 int Models() {
-  std::unique_ptr<v1::Models::Stub> stub = v1::Models::NewStub(Connect());
+  std::unique_ptr<v1::Models::Stub> stub = v1::Models::NewStub(cli::Connect());
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::ListModelsResponse response;
@@ -287,7 +263,7 @@ int Models() {
 
 int Health() {
   std::unique_ptr<grpc::health::v1::Health::Stub> stub =
-      grpc::health::v1::Health::NewStub(Connect());
+      grpc::health::v1::Health::NewStub(cli::Connect());
   grpc::ClientContext context;
   SetDeadline(&context);
   grpc::health::v1::HealthCheckResponse response;
@@ -302,22 +278,49 @@ int Health() {
              : kExitUsage;
 }
 
+// --help lists the flags defined in this package (absl's default looks for
+// a file named after the binary).
+bool IsCliFlagFile(absl::string_view file) {
+  return absl::StrContains(file, "clients/cli/");
+}
+
 int Run(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  absl::SetProgramUsageMessage(absl::StrCat(
       "A client for deltaserve-server.\n"
-      "Usage: deltaserve-cli [--server=HOST:PORT] COMMAND [flags]\n"
+      "Usage: deltaserve-cli [--server=HOST:PORT] [--timeout=DURATION] "
+      "COMMAND [flags]\n"
       "Commands:\n"
       "  generate  --prompt=TEXT | --token_ids=1,2,3  [--max_new_tokens=N\n"
       "            --temperature=T --top_k=K --top_p=P --seed=S --stop=STR\n"
-      "            --print_token_ids]  streams generated text to stdout\n"
+      "            --print_token_ids --session=ID]  streams generated text "
+      "to\n"
+      "            stdout; with --session, continues that session\n"
       "  models    describes the server's models\n"
-      "  health    prints the server's health (SERVING or not)");
+      "  health    prints the server's health (SERVING or not)\n",
+      cli::kSessionUsage,
+      "\n"
+      "Exit status: 0 on success, 1 for a usage error (or health not "
+      "SERVING),\n"
+      "2 when a call fails (\"error: CODE: message\" on stderr)."));
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_helpshort_flags = IsCliFlagFile;
+  usage_config.contains_help_flags = IsCliFlagFile;
+  absl::SetFlagsUsageConfig(usage_config);
   const std::vector<std::string> stop_values = StopFlagValues(argc, argv);
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() != 2) {
-    return UsageError("expected one command: generate, models or health");
+  if (positional.size() < 2) {
+    return UsageError(
+        "expected one command: generate, models, health or session");
   }
   const absl::string_view command = positional[1];
+  if (command == "session") {
+    return cli::RunSessionCommand(
+        std::vector<std::string>(positional.begin() + 2, positional.end()));
+  }
+  if (positional.size() != 2) {
+    return UsageError(absl::StrCat(command, " takes no arguments, got \"",
+                                   positional[2], "\""));
+  }
   if (command == "generate") return Generate(stop_values);
   if (command == "models") return Models();
   if (command == "health") return Health();

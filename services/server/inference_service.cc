@@ -15,36 +15,13 @@
 #include "engine/model/tokenizer.h"
 #include "kernels/status.h"
 #include "services/common/grpc_status.h"
+#include "services/server/cancellation_watch.h"
 
 namespace deltaserve {
 namespace {
 
 // Longest request_id a client may send.
 constexpr size_t kMaxRequestIdBytes = 128;
-
-// Lets the engine thread ask whether an RPC was cancelled without touching
-// its ServerContext after the handler returned: the handler detaches the
-// context before it returns, and from then on the answer is "cancelled".
-// Shared by the handler and the engine's request. Thread-safe.
-class CancellationWatch {
- public:
-  explicit CancellationWatch(grpc::ServerContext* context)
-      : context_(context) {}
-
-  bool IsCancelled() const {
-    absl::MutexLock lock(&mu_);
-    return context_ == nullptr || context_->IsCancelled();
-  }
-
-  void Detach() {
-    absl::MutexLock lock(&mu_);
-    context_ = nullptr;
-  }
-
- private:
-  mutable absl::Mutex mu_;
-  grpc::ServerContext* context_ ABSL_GUARDED_BY(mu_);
-};
 
 v1::FinishReason ToProto(FinishReason reason) {
   switch (reason) {
@@ -83,6 +60,8 @@ void FillCompletion(const GenerationEvent& event, v1::Completion* completion) {
   completion->set_time_to_first_token_s(event.time_to_first_token_s);
   completion->set_request_id(event.request_id);
   completion->set_matched_stop(event.matched_stop);
+  completion->set_session_tokens(event.session_tokens);
+  completion->set_session_snapshot_seq(event.session_snapshot_seq);
 }
 
 // SplitMix64's output function: spreads a counter over 64 bits.
@@ -122,6 +101,7 @@ absl::StatusOr<GenerationRequest> InferenceService::Decode(
   }
   GenerationRequest out;
   out.request_id = request.request_id();
+  out.session_id = request.session_id();
   switch (request.input_case()) {
     case v1::GenerateRequest::kText: {
       const Tokenizer* tokenizer = model.tokenizer();
@@ -140,7 +120,7 @@ absl::StatusOr<GenerationRequest> InferenceService::Decode(
                         request.token_ids().ids().end());
       break;
     case v1::GenerateRequest::INPUT_NOT_SET:
-      break;  // The engine rejects the empty prompt.
+      break;  // The engine rejects it unless a session has a token to feed.
   }
   const v1::SamplingParams& sampling = request.sampling();
   out.sampling.temperature = sampling.temperature();

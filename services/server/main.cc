@@ -1,6 +1,7 @@
 // deltaserve-server: serves one model over gRPC until SIGINT or SIGTERM.
 //
 //   deltaserve-server [--model=DIR] [--listen=HOST:PORT] [--device=cpu]
+//                     [--state_dir=DIR] [--session_idle_pause=10m]
 //
 // Without --model it serves the embedded demo model. Once serving it prints
 // one line, "deltaserve-server listening on HOST:PORT (model NAME, device
@@ -23,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "engine/engine.h"
 #include "services/server/server.h"
 
@@ -50,6 +52,19 @@ ABSL_FLAG(int64_t, max_batched_tokens,
           "Tokens fed per engine step over all requests (decode tokens plus "
           "prefill chunks); at least max_running_requests.");
 ABSL_FLAG(int, threads, 0, "CPU kernel threads; 0 keeps the default.");
+ABSL_FLAG(std::string, state_dir, "deltaserve-state",
+          "RocksDB directory where sessions are kept (created if missing; "
+          "relative to the working directory). Empty disables sessions.");
+ABSL_FLAG(bool, sync_state_writes, true,
+          "Sync the write-ahead log on every session commit; without it a "
+          "commit survives a crash of the server but not of the machine.");
+ABSL_FLAG(absl::Duration, session_idle_pause, absl::Minutes(10),
+          "Pause sessions idle this long (free their memory; their state "
+          "stays on disk); 0 never pauses them for idleness.");
+ABSL_FLAG(int64_t, session_host_cache_bytes,
+          deltaserve::Engine::Options().session_host_cache_bytes,
+          "Host memory for sessions moved off the device before they go to "
+          "disk only.");
 
 namespace deltaserve {
 namespace {
@@ -92,7 +107,7 @@ int Run(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Serves a hybrid linear-attention language model over gRPC.\n"
       "Usage: deltaserve-server [--model=DIR] [--listen=HOST:PORT] "
-      "[--device=cpu|cuda]");
+      "[--device=cpu|cuda] [--state_dir=DIR]");
   absl::ParseCommandLine(argc, argv);
 
   ServerOptions options;
@@ -126,6 +141,11 @@ int Run(int argc, char** argv) {
       std::min(options.engine.default_max_new_tokens,
                options.engine.max_new_tokens_limit);
   options.engine.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.sync_state_writes = absl::GetFlag(FLAGS_sync_state_writes);
+  options.engine.session_idle_pause = absl::GetFlag(FLAGS_session_idle_pause);
+  options.engine.session_host_cache_bytes =
+      absl::GetFlag(FLAGS_session_host_cache_bytes);
 
   // Every thread started from here on (gRPC's, the engine's) inherits the
   // blocked mask, so the signals are only ever taken by sigwait below.

@@ -11,10 +11,12 @@
 #include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/state_store/rocksdb_state_store.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/status.h"
 #include "services/server/inference_service.h"
 #include "services/server/models_service.h"
+#include "services/server/sessions_service.h"
 
 namespace deltaserve {
 namespace {
@@ -52,14 +54,27 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   DS_ASSIGN_OR_RETURN(std::unique_ptr<Kernels> kernels, CreateKernels(options));
   auto server = std::unique_ptr<Server>(new Server(options));
   DS_ASSIGN_OR_RETURN(server->model_, Model::Load(options.model_dir));
+  Engine::Options engine_options = options.engine;
+  if (!options.state_dir.empty()) {
+    RocksDbStateStore::Options store_options;
+    store_options.path = options.state_dir;
+    store_options.sync_writes = options.sync_state_writes;
+    DS_ASSIGN_OR_RETURN(server->state_store_,
+                        RocksDbStateStore::Create(store_options));
+    engine_options.state_store = server->state_store_.get();
+  }
   DS_ASSIGN_OR_RETURN(
       server->engine_,
-      Engine::Create(server->model_.get(), std::move(kernels), options.engine));
+      Engine::Create(server->model_.get(), std::move(kernels), engine_options));
   absl::BitGen bitgen;
   server->inference_service_ = std::make_unique<InferenceService>(
       server->engine_.get(), absl::Uniform<uint64_t>(bitgen));
   server->models_service_ =
       std::make_unique<ModelsService>(server->engine_.get());
+  SessionsService::Options sessions_options;
+  sessions_options.max_import_bytes = options.max_import_bytes;
+  server->sessions_service_ = std::make_unique<SessionsService>(
+      server->engine_.get(), sessions_options);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -68,6 +83,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
                            &server->port_);
   builder.RegisterService(server->inference_service_.get());
   builder.RegisterService(server->models_service_.get());
+  builder.RegisterService(server->sessions_service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(
@@ -78,6 +94,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
           server->grpc_server_->GetHealthCheckService()) {
     health->SetServingStatus(v1::Inference::service_full_name(), true);
     health->SetServingStatus(v1::Models::service_full_name(), true);
+    health->SetServingStatus(v1::Sessions::service_full_name(), true);
   }
   return server;
 }

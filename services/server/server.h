@@ -1,9 +1,11 @@
 // The deltaserve server's composition root: the one place that picks the
 // concrete kernels, loads the model, creates the Engine and serves it over
-// gRPC (Inference, Models, grpc.health.v1 and server reflection).
+// gRPC (Inference, Models, Sessions, grpc.health.v1 and server reflection),
+// with sessions kept in a RocksDB state store.
 #ifndef DELTASERVE_SERVICES_SERVER_SERVER_H_
 #define DELTASERVE_SERVICES_SERVER_SERVER_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -21,6 +23,8 @@ namespace deltaserve {
 
 class InferenceService;
 class ModelsService;
+class SessionsService;
+class StateStore;
 
 struct ServerOptions {
   // Directory of the model checkpoint (config.json, *.safetensors and
@@ -33,6 +37,14 @@ struct ServerOptions {
   Engine::Options engine;
   // Threads of the CPU kernels; 0 keeps the BLAS library's default.
   int num_threads = 0;
+  // RocksDB directory of the sessions' state (created if missing); empty:
+  // no sessions (the Sessions calls answer FAILED_PRECONDITION).
+  std::string state_dir;
+  // Sync the write-ahead log on every session commit (survives power loss,
+  // not only process crashes).
+  bool sync_state_writes = true;
+  // Largest session export ImportSession accepts.
+  int64_t max_import_bytes = int64_t{4} << 30;
 };
 
 // A running deltaserve server. Owns the model, the engine and the gRPC
@@ -46,7 +58,10 @@ class Server {
   //                       model (as Model::Load);
   //   FAILED_PRECONDITION device "cuda" in a build without CUDA support;
   //   NOT_FOUND           the model directory or its files are missing;
-  //   UNAVAILABLE         the address cannot be listened on.
+  //   UNAVAILABLE         the address cannot be listened on;
+  //   others              the state directory cannot be opened (as
+  //                       RocksDbStateStore::Create: e.g. INTERNAL when
+  //                       another server holds it).
   static absl::StatusOr<std::unique_ptr<Server>> Start(
       const ServerOptions& options);
 
@@ -77,9 +92,11 @@ class Server {
 
   const ServerOptions options_;
   std::unique_ptr<Model> model_;
+  std::unique_ptr<StateStore> state_store_;  // outlives the engine
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<InferenceService> inference_service_;
   std::unique_ptr<ModelsService> models_service_;
+  std::unique_ptr<SessionsService> sessions_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;
 

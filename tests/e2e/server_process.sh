@@ -31,7 +31,8 @@ start_server() {
   # The server's stdout goes through a FIFO so that the test blocks (with a
   # deadline) on its "listening on" line instead of polling for it.
   mkfifo "${WORK}/server.out"
-  "${SERVER}" --listen=127.0.0.1:0 "$@" >"${WORK}/server.out" \
+  "${SERVER}" --listen=127.0.0.1:0 --state_dir="${WORK}/state" "$@" \
+    >"${WORK}/server.out" \
     2>"${WORK}/server.err" &
   SERVER_PID=$!
   exec 3<"${WORK}/server.out"
