@@ -1,5 +1,7 @@
 #include "engine/state_store/rocksdb_state_store.h"
 
+#include <cstdarg>
+#include <cstdio>
 #include <filesystem>
 #include <system_error>
 #include <utility>
@@ -7,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/state_store/rocksdb_status.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/options.h"
 #include "rocksdb/slice.h"
 #include "rocksdb/snapshot.h"
@@ -40,6 +43,21 @@ struct RocksDbStateStore::Db {
 };
 
 namespace {
+
+// RocksDB's own messages, warnings and worse, to stderr with the server's
+// other logs. RocksDB's default logger writes a LOG file into the database
+// directory, which fails (and trips RocksDB's checks) exactly when the disk
+// is full; this one never touches the disk.
+class StderrLogger final : public rocksdb::Logger {
+ public:
+  StderrLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    std::fputs("rocksdb: ", stderr);
+    std::vfprintf(stderr, format, ap);
+    std::fputc('\n', stderr);
+  }
+};
 
 // Options for a family whose values are megabytes (recurrent state) or tens
 // of kilobytes (KV pages) of raw floats: big memtables, values in blob files
@@ -139,6 +157,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStateStore>> RocksDbStateStore::Create(
   // that old log files (which hold large values) are not kept for it.
   db_options.max_total_wal_size = uint64_t{512} << 20;
   db_options.keep_log_file_num = 4;
+  db_options.info_log = std::make_shared<StderrLogger>();
   if (options.env != nullptr) db_options.env = options.env;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families;

@@ -1,0 +1,226 @@
+// Sessions over gRPC against in-process servers on a real RocksDB
+// directory: recall of facts across a pause and a server restart, and the
+// error codes of bad calls (unknown and malformed ids, a damaged stored
+// record, tampered and foreign imports). A full disk: full_disk_test.cc.
+#include <filesystem>
+#include <random>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/model/tokenizer.h"
+#include "engine/state_store/rocksdb_state_store.h"
+#include "gtest/gtest.h"
+#include "proto/deltaserve/v1/sessions.grpc.pb.h"
+#include "tests/integration/session_test_util.h"
+#include "tests/integration/test_util.h"
+
+namespace deltaserve {
+namespace {
+
+constexpr char kDemoDir[] = "engine/model/demo-qwen35";
+constexpr char kTinyDir[] = "tests/testdata/qwen35-tiny";
+
+// ---------------------------------------------------------------------------
+
+// The demo model was trained on documents of "k_xxx = value" facts followed
+// by "assert k_xxx == value" recalls (see its README).
+TEST(SessionsTest, RecallOf32FactsSurvivesPauseAndRestart) {
+  const std::string state = TempDir("recall");
+  std::mt19937 rng(2026);
+  std::set<std::string> keys;
+  while (keys.size() < 32) {
+    std::string k = "k_";
+    for (int i = 0; i < 3; ++i) k += static_cast<char>('a' + rng() % 26);
+    keys.insert(k);
+  }
+  std::vector<std::pair<std::string, int>> facts;
+  std::string doc = "# facts\n";
+  for (const std::string& k : keys) {
+    facts.push_back({k, static_cast<int>(rng() % 1000)});
+    absl::StrAppend(&doc, k, " = ", facts.back().second, "\n");
+  }
+  std::shuffle(facts.begin(), facts.end(), rng);
+  doc += "# recall\n";
+
+  Running a = Start(kDemoDir, state);
+  ASSERT_NE(a.server, nullptr);
+  const Tokenizer& tokenizer = *a.server->model().tokenizer();
+  const std::vector<int32_t> doc_ids = *tokenizer.Encode(doc);
+  std::vector<std::vector<int32_t>> questions;
+  for (const auto& [k, v] : facts) {
+    questions.push_back(*tokenizer.Encode(absl::StrCat("assert ", k, " == ")));
+  }
+  // The answer to question q asked of `session` (through a fork, so that
+  // the questions do not see each other), or of one uninterrupted prompt.
+  auto ask = [&](Running& r, const std::string& session, int q) {
+    std::vector<int32_t> prompt = questions[q];
+    std::string fork_id;
+    if (session.empty()) {
+      prompt.insert(prompt.begin(), doc_ids.begin(), doc_ids.end());
+    } else {
+      v1::Session fork;
+      EXPECT_TRUE(Fork(r.sessions.get(), session, &fork).ok());
+      fork_id = fork.session_id();
+    }
+    v1::GenerateRequest request = IdsRequest(prompt, 4);
+    request.set_session_id(fork_id);
+    request.mutable_sampling()->add_stop("\n");
+    Generation g = Generate(r.inference.get(), request);
+    EXPECT_TRUE(g.status.ok()) << g.status.error_message();
+    if (!fork_id.empty()) EXPECT_TRUE(Delete(r.sessions.get(), fork_id).ok());
+    return g.text();
+  };
+
+  absl::StatusOr<v1::Session> uninterrupted = Create(a.sessions.get());
+  absl::StatusOr<v1::Session> paused = Create(a.sessions.get());
+  ASSERT_TRUE(uninterrupted.ok() && paused.ok());
+  for (const auto* s : {&*uninterrupted, &*paused}) {
+    absl::StatusOr<int64_t> n =
+        Append(a.sessions.get(), s->session_id(), doc_ids);
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(*n, static_cast<int64_t>(doc_ids.size()));
+  }
+  std::vector<std::string> reference, from_uninterrupted;
+  for (size_t q = 0; q < questions.size(); ++q) {
+    reference.push_back(ask(a, "", q));
+    from_uninterrupted.push_back(ask(a, uninterrupted->session_id(), q));
+  }
+  ASSERT_TRUE(Pause(a.sessions.get(), paused->session_id()).ok());
+  a.server.reset();  // the server stops; only the directory remains
+
+  Running b = Start(kDemoDir, state);
+  ASSERT_NE(b.server, nullptr);
+  v1::Session resumed;
+  ASSERT_TRUE(Resume(b.sessions.get(), paused->session_id(), &resumed).ok());
+  EXPECT_EQ(resumed.num_tokens(), static_cast<int64_t>(doc_ids.size()));
+  EXPECT_EQ(resumed.tier(), v1::SESSION_TIER_DEVICE);
+  int correct = 0, correct_reference = 0;
+  for (size_t q = 0; q < questions.size(); ++q) {
+    const std::string answer = ask(b, paused->session_id(), q);
+    EXPECT_EQ(answer, from_uninterrupted[q]) << "question " << q;
+    EXPECT_EQ(answer, reference[q]) << "question " << q;
+    const std::string truth = absl::StrCat(facts[q].second);
+    correct += answer == truth;
+    correct_reference += reference[q] == truth;
+  }
+  std::printf("recall: %d/32 after pause and restart, %d/32 uninterrupted\n",
+              correct, correct_reference);
+  EXPECT_EQ(correct, correct_reference);
+  EXPECT_GE(correct, 28);  // the model recalls; the test means something
+}
+
+TEST(SessionsTest, BadCallsGetClearCodesAndOthersKeepWorking) {
+  const std::string state = TempDir("bad_calls");
+  Running a = Start(kDemoDir, state);
+  ASSERT_NE(a.server, nullptr);
+  v1::Sessions::Stub* s = a.sessions.get();
+  const std::string unknown(32, '7');
+  v1::Session out;
+  EXPECT_EQ(Get(s, unknown, &out).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Pause(s, unknown).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Resume(s, unknown, &out).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Fork(s, unknown, &out).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Delete(s, unknown).error_code(), grpc::StatusCode::NOT_FOUND);
+  std::string bytes;
+  EXPECT_EQ(Export(s, unknown, &bytes).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Append(s, unknown, {5, 6}).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(SessionGenerate(a.inference.get(), unknown, {5, 6}, 2)
+                .status.error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  for (const std::string& bad : std::vector<std::string>{
+           "", "xyz", std::string(32, 'G'), std::string(33, 'a')}) {
+    EXPECT_EQ(Get(s, bad, &out).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT)
+        << bad;
+  }
+
+  absl::StatusOr<v1::Session> damaged = Create(s);
+  absl::StatusOr<v1::Session> healthy = Create(s);
+  ASSERT_TRUE(damaged.ok() && healthy.ok());
+  for (const auto* x : {&*damaged, &*healthy}) {
+    ASSERT_TRUE(
+        SessionGenerate(a.inference.get(), x->session_id(), {5, 6, 7}, 4)
+            .status.ok());
+  }
+  ASSERT_TRUE(Export(s, healthy->session_id(), &bytes).ok());
+  const int64_t before = CountSessions(s);
+
+  // A tampered or truncated import stores nothing.
+  std::string tampered = bytes;
+  tampered[tampered.size() / 2] ^= 0x40;
+  grpc::StatusCode code = Import(s, tampered, &out).error_code();
+  EXPECT_TRUE(code == grpc::StatusCode::DATA_LOSS ||
+              code == grpc::StatusCode::INVALID_ARGUMENT)
+      << code;
+  EXPECT_EQ(Import(s, bytes.substr(0, bytes.size() - 9), &out).error_code(),
+            grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(Import(s, "not an export", &out).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(CountSessions(s), before);
+
+  // A session of another model is refused by its fingerprint.
+  {
+    Running tiny = Start(kTinyDir, TempDir("bad_calls_tiny"));
+    ASSERT_NE(tiny.server, nullptr);
+    EXPECT_EQ(Import(tiny.sessions.get(), bytes, &out).error_code(),
+              grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_EQ(CountSessions(tiny.sessions.get()), 0);
+  }
+
+  // A stored record damaged on disk: DATA_LOSS for that session only.
+  a.server.reset();
+  {
+    auto store = RocksDbStateStore::Create({.path = state});
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)
+                    ->CorruptForTesting(damaged->session_id(),
+                                        StoredRecord::kKvPage,
+                                        Damage::kFlipByte)
+                    .ok());
+  }
+  Running b = Start(kDemoDir, state);
+  ASSERT_NE(b.server, nullptr);
+  s = b.sessions.get();
+  EXPECT_EQ(SessionGenerate(b.inference.get(), damaged->session_id(), {8}, 2)
+                .status.error_code(),
+            grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(Resume(s, damaged->session_id(), &out).error_code(),
+            grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(Export(s, damaged->session_id(), &bytes).error_code(),
+            grpc::StatusCode::DATA_LOSS);
+  Generation ok =
+      SessionGenerate(b.inference.get(), healthy->session_id(), {8}, 2);
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_TRUE(Delete(s, damaged->session_id()).ok());
+  EXPECT_EQ(Get(s, damaged->session_id(), &out).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  // A session used by a generation refuses changes meanwhile.
+  v1::GenerateRequest long_request = IdsRequest({9, 10, 11}, 400);
+  long_request.set_session_id(healthy->session_id());
+  long_request.mutable_sampling()->set_ignore_eos(true);
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  auto reader = b.inference->Generate(&context, long_request);
+  v1::GenerateResponse first;
+  ASSERT_TRUE(reader->Read(&first));
+  EXPECT_EQ(Pause(s, healthy->session_id()).error_code(),
+            grpc::StatusCode::ABORTED);
+  EXPECT_EQ(SessionGenerate(b.inference.get(), healthy->session_id(), {3}, 2)
+                .status.error_code(),
+            grpc::StatusCode::ABORTED);
+  context.TryCancel();
+  reader->Finish();
+  // The cancelled generation kept what it fed, and the session is usable.
+  EXPECT_TRUE(WaitFor(
+      [&] { return Get(s, healthy->session_id(), &out).ok() && !out.busy(); },
+      absl::Seconds(30)));
+  EXPECT_TRUE(SessionGenerate(b.inference.get(), healthy->session_id(), {3}, 2)
+                  .status.ok());
+}
+
+}  // namespace
+}  // namespace deltaserve
