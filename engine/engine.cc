@@ -565,6 +565,8 @@ void Engine::Step() {
   const absl::Time start = clock_->Now();
   Sweep();
   StatePool& pool = *in_->pool;
+  // Idle sessions stay idle until the plan took the memory it counted on.
+  FreezeIdleSessions();
   CountIdleSessions();
   const StepPlan plan = in_->scheduler->Schedule(*in_->resources);
   for (SchedSeq* s : plan.preempt) Preempt(static_cast<Request*>(s));
@@ -603,6 +605,7 @@ void Engine::Step() {
     in_->inputs.push_back(in);
     in_->members.push_back(r);
   }
+  ThawIdleSessions();
   int64_t step_tokens = 0;
   if (!in_->inputs.empty()) {
     absl::Status st = in_->runner->Forward(in_->inputs, false, &in_->logits);

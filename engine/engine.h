@@ -259,8 +259,10 @@ class Engine {
   absl::Status CheckSessions() const;
   std::string NewSessionId();
   // Marks the session busy for the caller (loading its metadata when it is
-  // not in memory). ABORTED when busy; NOT_FOUND, DATA_LOSS (unless
-  // `allow_damaged`) from the store.
+  // not in memory); an idle session in memory is claimed only while idle
+  // sessions are not frozen (FreezeIdleSessions). ABORTED when busy;
+  // NOT_FOUND, DATA_LOSS (unless `allow_damaged`) from the store. Not on the
+  // engine thread.
   absl::StatusOr<Session*> Claim(absl::string_view id, bool allow_damaged);
   // Ends a claim; forgets the session when it holds no memory.
   void Unclaim(Session* s);
@@ -281,6 +283,12 @@ class Engine {
   void FreeState(Session* s, bool to_host);
   // Engine thread: sets the scheduler's view of idle sessions' memory.
   void CountIdleSessions();
+  // Engine thread: while frozen (calls nest), idle sessions stay idle: a
+  // Claim of one waits for the thaw. EvictIdle and a step from counting
+  // idle memory to taking what its plan counted on run frozen, so that
+  // nothing they picked becomes busy (or is freed under its new owner).
+  void FreezeIdleSessions();
+  void ThawIdleSessions();
   // Submit: puts a claimed session's history (loaded from the store when
   // not in memory) in front of the request's input. INVALID_ARGUMENT,
   // DATA_LOSS.
@@ -317,6 +325,7 @@ class Engine {
   mutable absl::Mutex sessions_mu_;
   std::map<std::string, std::unique_ptr<Session>, std::less<>> sessions_
       ABSL_GUARDED_BY(sessions_mu_);
+  int idle_frozen_ ABSL_GUARDED_BY(sessions_mu_) = 0;  // FreezeIdleSessions
 
   // Engine thread only.
   struct Internals;

@@ -4,6 +4,7 @@
 #ifndef DELTASERVE_ENGINE_ENGINE_INTERNAL_H_
 #define DELTASERVE_ENGINE_ENGINE_INTERNAL_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -72,17 +73,22 @@ struct Engine::Request : SchedSeq {
   std::optional<SavedSequence> saved;  // state off the device
   // Session requests.
   Session* session = nullptr;
+  // The session's history when the request began (it may end with a
+  // sampled token not yet fed, at position pos).
+  int64_t session_history = 0;
   bool state_on_disk = false;  // preempted: the store holds the state
   bool state_lost = false;     // the state is unusable (internal error)
 
   // Tokens of the history the state covers: everything fed, plus the
   // sampled token waiting to be fed.
   // An append that fed everything leaves its last token unfed, so that a
-  // later generation has logits to start from.
+  // later generation has logits to start from. Before the request feeds
+  // anything, its session's history (with a token waiting to be fed) stays
+  // whole.
   int64_t history_len() const {
     if (decoding) return pos + 1;
     if (req.append_only && pos == prompt_len) return pos + 1;
-    return pos;
+    return std::max(pos, session_history);
   }
 };
 

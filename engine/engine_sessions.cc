@@ -1,9 +1,13 @@
 // The Engine's sessions: the session table, claims, eviction between
 // device, host and disk, and the commit of a session request's state.
+#include <sys/random.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -32,9 +36,24 @@ absl::Status Engine::CheckSessions() const {
 }
 
 std::string Engine::NewSessionId() {
-  absl::BitGen gen;
-  return absl::StrFormat("%016x%016x", absl::Uniform<uint64_t>(gen),
-                         absl::Uniform<uint64_t>(gen));
+  // 128 bits from the kernel's cryptographic generator: ids cannot be
+  // guessed from others.
+  uint64_t bits[2] = {0, 0};
+  size_t got = 0;
+  while (got < sizeof(bits)) {
+    const ssize_t n =
+        getrandom(reinterpret_cast<char*>(bits) + got, sizeof(bits) - got, 0);
+    if (n > 0) {
+      got += static_cast<size_t>(n);
+    } else if (n < 0 && errno != EINTR) {
+      // No kernel generator (Linux before 3.17): fall back to a seeded one.
+      absl::BitGen gen;
+      bits[0] = absl::Uniform<uint64_t>(gen);
+      bits[1] = absl::Uniform<uint64_t>(gen);
+      break;
+    }
+  }
+  return absl::StrFormat("%016x%016x", bits[0], bits[1]);
 }
 
 SessionInfo Engine::InfoFromMeta(const SessionMeta& meta) const {
@@ -60,8 +79,16 @@ absl::StatusOr<Engine::Session*> Engine::Claim(absl::string_view id,
     return absl::AbortedError(
         absl::StrCat("session ", id, " is in use by another call"));
   };
+  // An idle session in memory is claimed only while the engine thread is
+  // not relying on it staying idle (FreezeIdleSessions).
+  auto claimable = [this, id]() ABSL_SHARED_LOCKS_REQUIRED(sessions_mu_) {
+    if (idle_frozen_ == 0) return true;
+    auto it = sessions_.find(id);
+    return it == sessions_.end() || it->second->busy;
+  };
   {
     absl::MutexLock lock(&sessions_mu_);
+    sessions_mu_.Await(absl::Condition(&claimable));
     auto it = sessions_.find(id);
     if (it != sessions_.end()) {
       if (it->second->busy) return busy_error();
@@ -74,6 +101,7 @@ absl::StatusOr<Engine::Session*> Engine::Claim(absl::string_view id,
     return meta.status();
   }
   absl::MutexLock lock(&sessions_mu_);
+  sessions_mu_.Await(absl::Condition(&claimable));
   auto it = sessions_.find(id);
   if (it != sessions_.end()) {  // another call loaded it meanwhile
     if (it->second->busy) return busy_error();
@@ -144,7 +172,10 @@ void Engine::FreeState(Session* s, bool to_host) {
       {
         absl::MutexLock lock(&sessions_mu_);
         for (const auto& [id, other] : sessions_) {
-          if (other->host.has_value()) host_bytes += other->host->bytes();
+          // A busy session's owner may be changing its host copy.
+          if (!other->busy && other->host.has_value()) {
+            host_bytes += other->host->bytes();
+          }
         }
       }
       SavedSequence saved = pool.Save(s->slot, s->pages, s->meta.num_tokens);
@@ -167,6 +198,8 @@ void Engine::FreeState(Session* s, bool to_host) {
 
 void Engine::EvictIdle(int slots, int64_t pages) {
   if (options_.state_store == nullptr) return;
+  FreezeIdleSessions();
+  absl::Cleanup thaw = [this] { ThawIdleSessions(); };
   const StatePool& pool = *in_->pool;
   const absl::Time now = clock_->Now();
   const absl::Duration idle = options_.session_idle_pause;
@@ -185,8 +218,8 @@ void Engine::EvictIdle(int slots, int64_t pages) {
       }
     }
   }
-  // Idle sessions are not busy, so only this thread touches their state;
-  // the table lock guards the tier and the map.
+  // Idle sessions are not busy, and stay so while frozen, so only this
+  // thread touches their state; the table lock guards the tier and the map.
   auto settle = [this](Session* s) {
     absl::MutexLock lock(&sessions_mu_);
     s->tier = TierOf(s->on_device(), s->host.has_value());
@@ -209,9 +242,10 @@ void Engine::EvictIdle(int slots, int64_t pages) {
   {
     absl::MutexLock lock(&sessions_mu_);
     for (const auto& [id, s] : sessions_) {
-      if (!s->host.has_value()) continue;
+      // A busy session's owner may be changing its host copy.
+      if (s->busy || !s->host.has_value()) continue;
       host_bytes += s->host->bytes();
-      if (!s->busy) idle_host.push_back({s->last_used, s.get()});
+      idle_host.push_back({s->last_used, s.get()});
     }
   }
   std::sort(idle_host.begin(), idle_host.end());
@@ -249,15 +283,26 @@ void Engine::CountIdleSessions() {
   }
 }
 
+void Engine::FreezeIdleSessions() {
+  absl::MutexLock lock(&sessions_mu_);
+  ++idle_frozen_;
+}
+
+void Engine::ThawIdleSessions() {
+  absl::MutexLock lock(&sessions_mu_);
+  --idle_frozen_;
+}
+
 absl::Status Engine::PrepareSessionRequest(Session* s,
                                            GenerationRequest* request,
                                            Request* r) {
   if (!s->loaded) {
     DS_ASSIGN_OR_RETURN(SessionSnapshot snap,
                         options_.state_store->Load(s->id));
+    // Moves the recurrent state out of `snap`; its meta and tokens stay.
     DS_ASSIGN_OR_RETURN(
         SavedSequence saved,
-        FromSnapshot(snap, model_->spec(), options_.kv_page_size));
+        FromSnapshot(std::move(snap), model_->spec(), options_.kv_page_size));
     {
       absl::MutexLock lock(&sessions_mu_);
       s->meta = snap.meta;
@@ -285,6 +330,7 @@ absl::Status Engine::PrepareSessionRequest(Session* s,
   r->pos = s->meta.num_tokens;
   r->computed = r->pos;
   r->session = s;
+  r->session_history = history;
   // An append feeds all but its last token (see Request::history_len).
   r->prompt_len =
       static_cast<int64_t>(r->tokens.size()) - (request->append_only ? 1 : 0);
@@ -311,9 +357,11 @@ void Engine::Preempt(Request* r) {
   }
   SessionMeta meta = s->meta;
   meta.last_used = clock_->Now();
+  // KV pages below the last commit's length are stored already.
   SessionSnapshot snap = ToSnapshot(
       saved, model_->spec(), options_.kv_page_size, std::move(meta),
-      std::vector<int32_t>(r->tokens.begin(), r->tokens.begin() + history_len));
+      std::vector<int32_t>(r->tokens.begin(), r->tokens.begin() + history_len),
+      s->meta.num_tokens / options_.kv_page_size);
   absl::StatusOr<CommitStats> stats =
       options_.state_store->Commit(snap, s->meta.num_tokens);
   if (!stats.ok()) {
@@ -346,7 +394,8 @@ bool Engine::Place(Request* r) {
     absl::StatusOr<SessionSnapshot> snap =
         options_.state_store->Load(r->session->id);
     absl::StatusOr<SavedSequence> saved =
-        snap.ok() ? FromSnapshot(*snap, model_->spec(), options_.kv_page_size)
+        snap.ok() ? FromSnapshot(*std::move(snap), model_->spec(),
+                                 options_.kv_page_size)
                   : absl::StatusOr<SavedSequence>(snap.status());
     if (!saved.ok()) {
       r->state_lost = true;
@@ -426,17 +475,21 @@ void Engine::EndSession(Request* r, GenerationEvent end) {
   meta.last_used = clock_->Now();
   std::vector<int32_t> history(r->tokens.begin(),
                                r->tokens.begin() + history_len);
+  // The commit writes only what changed since the last one: KV pages below
+  // its length are left out of the snapshot, and the saved copy of the
+  // device state is moved into it rather than copied again.
+  const int64_t unchanged = s->meta.num_tokens;
+  const int64_t first_page = unchanged / options_.kv_page_size;
   SessionSnapshot snap;
   if (r->slot >= 0) {
-    snap =
-        ToSnapshot(pool.Save(r->slot, r->pages, r->pos), model_->spec(),
-                   options_.kv_page_size, std::move(meta), std::move(history));
+    snap = ToSnapshot(pool.Save(r->slot, r->pages, r->pos), model_->spec(),
+                      options_.kv_page_size, std::move(meta),
+                      std::move(history), first_page);
   } else {
     snap = ToSnapshot(*r->saved, model_->spec(), options_.kv_page_size,
-                      std::move(meta), std::move(history));
+                      std::move(meta), std::move(history), first_page);
   }
   give_back();  // the state stays in memory while it is committed
-  const int64_t unchanged = s->meta.num_tokens;
   committer_->Enqueue([this, s, snap = std::move(snap), unchanged,
                        end = std::move(end), stream = r->stream]() mutable {
     absl::StatusOr<CommitStats> stats =
@@ -552,9 +605,10 @@ absl::StatusOr<SessionInfo> Engine::ResumeSession(absl::string_view id) {
   if (!s->loaded) {
     absl::StatusOr<SessionSnapshot> snap = options_.state_store->Load(s->id);
     absl::StatusOr<SavedSequence> saved =
-        snap.ok() ? FromSnapshot(*snap, model_->spec(), options_.kv_page_size)
+        snap.ok() ? FromSnapshot(std::move(*snap), model_->spec(),
+                                 options_.kv_page_size)
                   : absl::StatusOr<SavedSequence>(snap.status());
-    if (saved.ok()) {
+    if (saved.ok()) {  // snap's meta and tokens are still there
       {
         absl::MutexLock lock(&sessions_mu_);
         s->meta = snap->meta;

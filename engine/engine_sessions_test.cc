@@ -274,6 +274,36 @@ TEST(EngineSessionsTest, PreemptedSessionsAreCommittedAndResumeExactly) {
   }
 }
 
+// A call that ends before it feeds anything (cancelled at once, or
+// preempted before its first chunk) leaves the session whole: its history
+// still ends with the token the last turn sampled. (Found by
+// //tests/e2e:session_crash_test: such a call used to commit the history
+// without that token.)
+TEST(EngineSessionsTest, CallEndingBeforeFeedingKeepsTheWaitingToken) {
+  InMemoryStateStore store;
+  int64_t tokens = 0;
+  std::string id;
+  {
+    auto engine = MakeEngine(&store);
+    id = NewSession(*engine);
+    Result t1 = RunRequest(*engine, Greedy(Ref().a, 12, id));
+    ASSERT_TRUE(t1.end.error.ok()) << t1.end.error;
+    tokens = t1.end.session_tokens;  // out1's last token waits to be fed
+    GenerationRequest cancelled = Greedy(Ref().b, 12, id);
+    cancelled.is_cancelled = [] { return true; };
+    Result c = RunRequest(*engine, std::move(cancelled));
+    ASSERT_TRUE(c.end.error.ok()) << c.end.error;
+    EXPECT_TRUE(c.ids.empty());
+    EXPECT_EQ(c.end.finish_reason, FinishReason::kCancelled);
+    EXPECT_EQ(c.end.session_tokens, tokens);
+    EXPECT_EQ(engine->GetSession(id)->num_tokens, tokens);
+  }
+  // What is stored, seen by a new engine, continues as one request would.
+  auto engine = MakeEngine(&store);
+  EXPECT_EQ(engine->GetSession(id)->num_tokens, tokens);
+  EXPECT_EQ(RunRequest(*engine, Greedy(Ref().b, 12, id)).ids, Ref().out2);
+}
+
 TEST(EngineSessionsTest, BadCallsGetTheRightCodes) {
   InMemoryStateStore store;
   auto engine = MakeEngine(&store);

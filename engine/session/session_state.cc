@@ -1,6 +1,9 @@
 #include "engine/session/session_state.h"
 
+#include <algorithm>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -115,9 +118,15 @@ std::vector<LayerLayout> SessionLayout(const ModelSpec& spec) {
   return layout;
 }
 
-SessionSnapshot ToSnapshot(const SavedSequence& saved, const ModelSpec& spec,
-                           int page_size, SessionMeta meta,
-                           std::vector<int32_t> tokens) {
+namespace {
+
+// ToSnapshot with the recurrent state given apart (copied or moved from
+// saved.recurrent by the caller).
+SessionSnapshot SnapshotOf(const SavedSequence& saved,
+                           std::vector<std::vector<float>> recurrent,
+                           const ModelSpec& spec, int page_size,
+                           SessionMeta meta, std::vector<int32_t> tokens,
+                           int64_t first_page) {
   SessionSnapshot snap;
   meta.num_tokens = saved.num_tokens;
   meta.window_from = saved.window_from;
@@ -134,15 +143,15 @@ SessionSnapshot ToSnapshot(const SavedSequence& saved, const ModelSpec& spec,
   snap.meta = std::move(meta);
   snap.tokens = std::move(tokens);
   const size_t n = spec.blocks.size();
+  snap.recurrent = std::move(recurrent);
   snap.recurrent.resize(n);
   for (size_t l = 0; l < n; ++l) {
-    if (snap.meta.layers[l].recurrent_floats > 0) {
-      snap.recurrent[l] = saved.recurrent[l];
-    }
+    if (snap.meta.layers[l].recurrent_floats == 0) snap.recurrent[l].clear();
   }
   if (!has_kv) return snap;
   const int64_t pages = (saved.num_tokens + page_size - 1) / page_size;
-  for (int64_t p = snap.meta.first_kv_page; p < pages; ++p) {
+  for (int64_t p = std::max(snap.meta.first_kv_page, first_page); p < pages;
+       ++p) {
     KvPageRecord page;
     page.page_index = p;
     page.keys.resize(n);
@@ -174,9 +183,11 @@ SessionSnapshot ToSnapshot(const SavedSequence& saved, const ModelSpec& spec,
   return snap;
 }
 
-absl::StatusOr<SavedSequence> FromSnapshot(const SessionSnapshot& snapshot,
-                                           const ModelSpec& spec,
-                                           int page_size) {
+// FromSnapshot; moves the recurrent state out of `movable` (the snapshot
+// itself) when it is not null.
+absl::StatusOr<SavedSequence> SavedOf(const SessionSnapshot& snapshot,
+                                      SessionSnapshot* movable,
+                                      const ModelSpec& spec, int page_size) {
   const SessionMeta& meta = snapshot.meta;
   if (meta.layers != SessionLayout(spec)) {
     return absl::FailedPreconditionError(
@@ -205,7 +216,13 @@ absl::StatusOr<SavedSequence> FromSnapshot(const SessionSnapshot& snapshot,
       return absl::DataLossError(
           absl::StrCat("session state of layer ", l, " has the wrong size"));
     }
-    saved.recurrent[l] = snapshot.recurrent[l];
+  }
+  for (size_t l = 0; l < n; ++l) {
+    if (movable != nullptr) {
+      saved.recurrent[l] = std::move(movable->recurrent[l]);
+    } else {
+      saved.recurrent[l] = snapshot.recurrent[l];
+    }
     const int64_t row = meta.layers[l].kv_floats_per_token;
     if (row > 0) {
       const int64_t from = IsWindowed(spec.blocks[l]) ? meta.window_from : 0;
@@ -247,6 +264,36 @@ absl::StatusOr<SavedSequence> FromSnapshot(const SessionSnapshot& snapshot,
     return absl::DataLossError("session state has missing KV pages");
   }
   return saved;
+}
+
+}  // namespace
+
+SessionSnapshot ToSnapshot(const SavedSequence& saved, const ModelSpec& spec,
+                           int page_size, SessionMeta meta,
+                           std::vector<int32_t> tokens, int64_t first_page) {
+  return SnapshotOf(saved, saved.recurrent, spec, page_size, std::move(meta),
+                    std::move(tokens), first_page);
+}
+
+SessionSnapshot ToSnapshot(SavedSequence&& saved, const ModelSpec& spec,
+                           int page_size, SessionMeta meta,
+                           std::vector<int32_t> tokens, int64_t first_page) {
+  std::vector<std::vector<float>> recurrent = std::move(saved.recurrent);
+  saved.recurrent.clear();
+  return SnapshotOf(saved, std::move(recurrent), spec, page_size,
+                    std::move(meta), std::move(tokens), first_page);
+}
+
+absl::StatusOr<SavedSequence> FromSnapshot(const SessionSnapshot& snapshot,
+                                           const ModelSpec& spec,
+                                           int page_size) {
+  return SavedOf(snapshot, nullptr, spec, page_size);
+}
+
+absl::StatusOr<SavedSequence> FromSnapshot(SessionSnapshot&& snapshot,
+                                           const ModelSpec& spec,
+                                           int page_size) {
+  return SavedOf(snapshot, &snapshot, spec, page_size);
 }
 
 }  // namespace deltaserve

@@ -28,15 +28,27 @@ std::vector<LayerLayout> SessionLayout(const ModelSpec& spec);
 // The durable form of `saved` (KV cut into pages of `page_size` tokens).
 // `meta` supplies the id, fingerprint, tenant and times; its layout fields
 // are filled in. `tokens` is the session's token history (at least
-// saved.num_tokens tokens).
+// saved.num_tokens tokens). KV pages below `first_page` are left out: a
+// snapshot for StateStore::Commit with unchanged_tokens U needs only the
+// pages from U / page_size on.
 SessionSnapshot ToSnapshot(const SavedSequence& saved, const ModelSpec& spec,
                            int page_size, SessionMeta meta,
-                           std::vector<int32_t> tokens);
+                           std::vector<int32_t> tokens, int64_t first_page = 0);
+// As above, but moves the recurrent state out of `saved` instead of copying
+// it (`saved` is left without it).
+SessionSnapshot ToSnapshot(SavedSequence&& saved, const ModelSpec& spec,
+                           int page_size, SessionMeta meta,
+                           std::vector<int32_t> tokens, int64_t first_page = 0);
 
 // The state of `snapshot` for a StatePool of `spec` with `page_size`.
 // FAILED_PRECONDITION when the snapshot was made for another layout or page
 // size; DATA_LOSS when it lacks pages or floats its layout promises.
 absl::StatusOr<SavedSequence> FromSnapshot(const SessionSnapshot& snapshot,
+                                           const ModelSpec& spec,
+                                           int page_size);
+// As above, but moves the recurrent state out of `snapshot` instead of
+// copying it; snapshot.meta and snapshot.tokens are left as they were.
+absl::StatusOr<SavedSequence> FromSnapshot(SessionSnapshot&& snapshot,
                                            const ModelSpec& spec,
                                            int page_size);
 

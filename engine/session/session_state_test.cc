@@ -181,6 +181,68 @@ TEST(SessionStateTest, SnapshotRoundTripIsExact) {
   }
 }
 
+// What the engine commits at the end of a request: the saved state moved
+// into the snapshot, and only the KV pages from the last commit's length on
+// (StateStore::Commit with unchanged_tokens). Loading it back, moving out of
+// the snapshot, gives the state a full copy would.
+TEST(SessionStateTest, MovedAndPartialSnapshotsAgreeWithCopies) {
+  const std::unique_ptr<Model> base = LoadOrDie(kTinyDir);
+  ModelSpec swa_spec = base->spec();
+  swa_spec.blocks[3].mixer = MixerKind::kSlidingWindowAttention;
+  swa_spec.blocks[3].attention.window = 24;
+  const std::unique_ptr<Model> swa =
+      Model::FromParts("swa", swa_spec, base->weights(), nullptr);
+  for (const Model* model : {base.get(), swa.get()}) {
+    for (int first_len : {5, 32, 40}) {
+      SCOPED_TRACE(testing::Message() << model->name() << " " << first_len);
+      InMemoryStateStore store;
+      Worker w(model);
+      std::vector<int32_t> tokens(150);
+      for (int i = 0; i < 150; ++i) tokens[i] = (i * 37 + 11) % 500;
+      w.Feed(absl::MakeConstSpan(tokens).first(first_len));
+      ASSERT_TRUE(
+          store
+              .Commit(
+                  ToSnapshot(w.Save(), model->spec(), kPageSize, Meta(*model),
+                             std::vector<int32_t>(tokens.begin(),
+                                                  tokens.begin() + first_len)),
+                  0)
+              .ok());
+      w.Feed(absl::MakeConstSpan(tokens).subspan(first_len));
+      const SavedSequence saved = w.Save();
+      const SessionSnapshot copied =
+          ToSnapshot(saved, model->spec(), kPageSize, Meta(*model), tokens);
+      EXPECT_EQ(ToSnapshot(SavedSequence(saved), model->spec(), kPageSize,
+                           Meta(*model), tokens),
+                copied);
+      const int64_t first_page = first_len / kPageSize;
+      const SessionSnapshot partial =
+          ToSnapshot(SavedSequence(saved), model->spec(), kPageSize,
+                     Meta(*model), tokens, first_page);
+      EXPECT_EQ(partial.meta, copied.meta);
+      EXPECT_EQ(partial.recurrent, copied.recurrent);
+      ASSERT_FALSE(partial.kv_pages.empty());
+      EXPECT_EQ(partial.kv_pages.front().page_index,
+                std::max(first_page, copied.meta.first_kv_page));
+      EXPECT_EQ(partial.kv_pages.back(), copied.kv_pages.back());
+      ASSERT_TRUE(store.Commit(partial, first_len).ok());
+
+      auto snap = store.Load(kSessionId);
+      ASSERT_TRUE(snap.ok()) << snap.status();
+      SessionSnapshot loaded = *snap;
+      auto back = FromSnapshot(std::move(loaded), model->spec(), kPageSize);
+      ASSERT_TRUE(back.ok()) << back.status();
+      EXPECT_EQ(loaded.meta, snap->meta);
+      EXPECT_EQ(loaded.tokens, tokens);
+      EXPECT_EQ(back->num_tokens, saved.num_tokens);
+      EXPECT_EQ(back->window_from, saved.window_from);
+      EXPECT_EQ(back->recurrent, saved.recurrent);
+      EXPECT_EQ(back->keys, saved.keys);
+      EXPECT_EQ(back->values, saved.values);
+    }
+  }
+}
+
 TEST(SessionStateTest, FingerprintAndLayoutGuardAgainstAnotherModel) {
   const std::unique_ptr<Model> a = LoadOrDie(kTinyDir);
   const std::unique_ptr<Model> b = LoadOrDie(kTinyDir);

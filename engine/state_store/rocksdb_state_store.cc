@@ -153,6 +153,11 @@ absl::StatusOr<std::unique_ptr<RocksDbStateStore>> RocksDbStateStore::Create(
   db_options.create_missing_column_families = true;
   db_options.max_background_jobs = 2;
   db_options.bytes_per_sync = 1 << 20;
+  // Start writing the log back to disk while a large commit is still being
+  // appended, so that its final sync waits for the last megabyte rather than
+  // for all of it (a 24 MiB commit: about 12 ms of sync down to 1-2 ms).
+  // Every synced commit is still synced in full before Commit returns.
+  db_options.wal_bytes_per_sync = 1 << 20;
   // The small "meta" family rarely fills its memtable; bound the WAL so
   // that old log files (which hold large values) are not kept for it.
   db_options.max_total_wal_size = uint64_t{512} << 20;

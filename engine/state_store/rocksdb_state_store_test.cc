@@ -22,6 +22,13 @@
 #include "rocksdb/file_system.h"
 #include "rocksdb/status.h"
 
+// Defined by RocksDB, and by rocksdb_crc32c.cc in place of RocksDB's.
+namespace rocksdb {
+namespace crc32c {
+uint32_t Extend(uint32_t init_crc, const char* data, size_t n);
+}  // namespace crc32c
+}  // namespace rocksdb
+
 namespace deltaserve {
 namespace {
 
@@ -218,6 +225,19 @@ TEST(RocksDbStateStoreTest, StatusConversion) {
   EXPECT_TRUE(absl::StrContains(io.message(), "disk gone"));
   EXPECT_EQ(FromRocksDb(rocksdb::Status::InvalidArgument("x")).code(),
             absl::StatusCode::kInternal);
+}
+
+// RocksDB's checksum function (ours in its place) is CRC-32C with RocksDB's
+// conventions: RocksDB's own test vectors, and extending a finished CRC.
+TEST(RocksDbStateStoreTest, RocksDbCrc32cIsTheStandardOne) {
+  const std::string zeros(32, '\0'), ones(32, '\xff');
+  EXPECT_EQ(rocksdb::crc32c::Extend(0, zeros.data(), zeros.size()),
+            0x8a9136aau);
+  EXPECT_EQ(rocksdb::crc32c::Extend(0, ones.data(), ones.size()), 0x62a8ab43u);
+  EXPECT_EQ(rocksdb::crc32c::Extend(0, "123456789", 9), 0xe3069283u);
+  const uint32_t hello = rocksdb::crc32c::Extend(0, "hello ", 6);
+  EXPECT_EQ(rocksdb::crc32c::Extend(hello, "world", 5),
+            rocksdb::crc32c::Extend(0, "hello world", 11));
 }
 
 }  // namespace
