@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Bundles every GPU test (tests tagged gpu) and every CUDA benchmark
+# (binaries under //kernels/cuda named *_bench) into .device-bundle/, with a
+# script that runs them all on the GPU machine in one call:
+#
+#   here:        bazel/device_gpu_suite.sh [--no-bench]
+#   GPU machine: tar -xJf .device-pack/bundle.tar.xz &&
+#                .device-bundle/run_all.sh [LOG_DIR]
+#                (from the repo root, .device-pack carried; LOG_DIR defaults
+#                to $OUT or /tmp)
+#
+# The bundle is also packed, xz-compressed, into .device-pack/bundle.tar.xz
+# (about 7 MB instead of 50: OpenBLAS alone is 36 MB), which is what to carry
+# when the working tree and the bundle together exceed the transfer limit.
+# run_all.sh runs each test and benchmark with its output in LOG_DIR/NAME.log,
+# prints a PASS/FAIL line per program and a summary, and exits non-zero when
+# any test failed. Needs a CUDA toolkit here (the programs exist only then).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bench=1
+[[ "${1:-}" == "--no-bench" ]] && bench=0
+
+mapfile -t tests < <(bazel query 'attr(tags, "\bgpu\b", tests(//...))' 2>/dev/null)
+benches=()
+if [[ $bench -eq 1 ]]; then
+  mapfile -t benches < <(bazel query 'kind("cc_binary", //kernels/cuda/...)' \
+    2>/dev/null | grep -E '_bench$' || true)
+fi
+[[ ${#tests[@]} -gt 0 ]] || {
+  echo "device_gpu_suite: no gpu tests (is a CUDA toolkit installed?)" >&2
+  exit 1
+}
+bazel/device_bundle.sh "${tests[@]}" "${benches[@]}"
+
+names() { for t in "$@"; do echo "${t##*:}"; done; }
+{
+  echo '#!/usr/bin/env bash'
+  echo '# Runs the bundled GPU tests, then the benchmarks; see'
+  echo '# bazel/device_gpu_suite.sh.'
+  echo 'set -uo pipefail'
+  echo 'here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"'
+  echo 'logs="${1:-${OUT:-/tmp}}"'
+  echo 'mkdir -p "$logs"'
+  echo "tests=($(names "${tests[@]}" | tr '\n' ' '))"
+  echo "benches=($(names "${benches[@]}" | tr '\n' ' '))"
+  cat <<'EOS'
+failed=0
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+for t in "${tests[@]}"; do
+  start=$SECONDS
+  if "$here/run.sh" "$t" >"$logs/$t.log" 2>&1; then
+    echo "PASS $t ($((SECONDS - start)) s)"
+  else
+    echo "FAIL $t ($((SECONDS - start)) s)"
+    tail -n 30 "$logs/$t.log"
+    failed=$((failed + 1))
+  fi
+  grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$logs/$t.log" || true
+done
+for b in "${benches[@]}"; do
+  echo "=== $b"
+  "$here/run.sh" "$b" 2>&1 | tee "$logs/$b.log"
+done
+echo "gpu tests: ${#tests[@]}, failed: $failed"
+exit $((failed > 0))
+EOS
+} >.device-bundle/run_all.sh
+chmod 0755 .device-bundle/run_all.sh
+mkdir -p .device-pack
+tar -cJf .device-pack/bundle.tar.xz .device-bundle
+echo "packed: .device-pack/bundle.tar.xz ($(du -h .device-pack/bundle.tar.xz | cut -f1))"
+echo "on the GPU machine: tar -xJf .device-pack/bundle.tar.xz && .device-bundle/run_all.sh"
