@@ -1,0 +1,111 @@
+// CudaKernels: the Kernels interface on an NVIDIA GPU (sm_90). Every view it
+// is given lives in device memory (Device::kCuda); activations are bf16 or
+// f32, recurrent state f32, accumulation f32. Each method enqueues its work
+// on the given stream (a cudaStream_t; null: the default stream) and returns
+// without waiting, except Embedding, which reads back whether every id was
+// in range. Matrix products use cuBLASLt; the other operations are
+// deltaserve's own kernels (kernels/cuda/elementwise, gemm_attention, gdr).
+//
+// Differences from CpuKernels, by design: index tensors the kernels read on
+// the device (cu_seqlens, slots, page tables, context lengths) are not
+// checked on the host — out-of-range entries are skipped or masked, never
+// read or written out of bounds; the chunked gated delta rule takes head
+// dims K ∈ {64, 128} and V a multiple of 32.
+//
+// Owned by whoever runs the model (one per device). Thread-compatible: the
+// cuBLASLt workspace is shared, so calls on different streams must be
+// ordered.
+#ifndef DELTASERVE_KERNELS_CUDA_CUDA_KERNELS_H_
+#define DELTASERVE_KERNELS_CUDA_CUDA_KERNELS_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "kernels/kernels.h"
+
+namespace deltaserve {
+
+class CublasLtGemm;
+
+class CudaKernels final : public Kernels {
+ public:
+  struct Options {
+    // CUDA device ordinal the kernels run on.
+    int device = 0;
+  };
+
+  // Selects the device and creates the cuBLASLt handle and workspace.
+  // FAILED_PRECONDITION when there is no such device; RESOURCE_EXHAUSTED or
+  // INTERNAL from cuBLASLt.
+  static absl::StatusOr<std::unique_ptr<CudaKernels>> Create(
+      const Options& options);
+  ~CudaKernels() override;
+
+  const char* name() const override { return "cuda"; }
+  absl::Status Gemm(const TensorView& x, const TensorView& w,
+                    const TensorView& out, bool accumulate,
+                    Stream stream) override;
+  absl::Status Embedding(const TensorView& ids, const TensorView& table,
+                         const TensorView& out, Stream stream) override;
+  absl::Status RmsNorm(const TensorView& x, const TensorView& weight, float eps,
+                       bool zero_centered, const TensorView& out,
+                       Stream stream) override;
+  absl::Status RmsNormGated(const TensorView& x, const TensorView& z,
+                            const TensorView& weight, float eps,
+                            const TensorView& out, Stream stream) override;
+  absl::Status Rope(const TensorView& x, const TensorView& positions,
+                    int rot_dim, float theta, Stream stream) override;
+  absl::Status Add(const TensorView& a, const TensorView& b,
+                   const TensorView& out, Stream stream) override;
+  absl::Status SwiGlu(const TensorView& gate, const TensorView& up,
+                      const TensorView& out, Stream stream) override;
+  absl::Status SigmoidGate(const TensorView& x, const TensorView& gate,
+                           const TensorView& out, Stream stream) override;
+  absl::Status CausalConv1d(const TensorView& x, const TensorView& weight,
+                            const TensorView& cu_seqlens,
+                            const TensorView& conv_state,
+                            const TensorView& slots, bool silu,
+                            const TensorView& out, Stream stream) override;
+  absl::Status CausalConv1dUpdate(const TensorView& x, const TensorView& weight,
+                                  const TensorView& conv_state,
+                                  const TensorView& slots, bool silu,
+                                  const TensorView& out,
+                                  Stream stream) override;
+  absl::Status GdnGates(const TensorView& a, const TensorView& b,
+                        const TensorView& a_log, const TensorView& dt_bias,
+                        const TensorView& g, const TensorView& beta,
+                        Stream stream) override;
+  absl::Status GatedDeltaRuleChunked(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& g, const TensorView& beta, const TensorView& cu_seqlens,
+      const TensorView& state, const TensorView& slots, float scale,
+      bool l2norm_qk, const TensorView& out, Stream stream) override;
+  absl::Status GatedDeltaRuleRecurrent(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& g, const TensorView& beta, const TensorView& cu_seqlens,
+      const TensorView& state, const TensorView& slots, float scale,
+      bool l2norm_qk, const TensorView& out, Stream stream) override;
+  absl::Status KvAppend(const TensorView& k, const TensorView& v,
+                        const TensorView& k_pages, const TensorView& v_pages,
+                        const TensorView& page_table,
+                        const TensorView& cu_seqlens,
+                        const TensorView& start_pos, Stream stream) override;
+  absl::Status PagedAttention(const TensorView& q, const TensorView& k_pages,
+                              const TensorView& v_pages,
+                              const TensorView& page_table,
+                              const TensorView& cu_seqlens,
+                              const TensorView& context_lens, int window,
+                              float scale, const TensorView& out,
+                              Stream stream) override;
+  // cudaStreamSynchronize; a failed earlier launch surfaces here too.
+  absl::Status Synchronize(Stream stream) override;
+
+ private:
+  CudaKernels(int device, std::unique_ptr<CublasLtGemm> gemm);
+  const int device_;
+  std::unique_ptr<CublasLtGemm> gemm_;
+};
+
+}  // namespace deltaserve
+
+#endif  // DELTASERVE_KERNELS_CUDA_CUDA_KERNELS_H_
