@@ -321,7 +321,7 @@ void Engine::Loop() {
     }
     RunOps();
     if (stop) break;
-    EvictIdle(0, 0);
+    EvictIdle(0, 0);  // idle timeouts, host cache budget
     Drain();
     Step();
   }
@@ -592,7 +592,8 @@ void Engine::Step() {
       in.tokens = absl::MakeConstSpan(&r->next_input, 1);
     }
     if (has_kv) {
-      EvictIdle(0, pool.PagesNeeded(r->pages, r->pos, item.num_tokens));
+      const int64_t need = pool.PagesNeeded(r->pages, r->pos, item.num_tokens);
+      if (pool.free_pages() < need) EvictIdle(0, need);
       absl::Status st =
           pool.EnsureCapacity(&r->pages, r->pos + item.num_tokens);
       if (!st.ok()) {  // the plan counted free pages: a broken invariant

@@ -408,7 +408,8 @@ bool Engine::Place(Request* r) {
   if (r->saved.has_value() && r->saved->num_tokens > 0) {
     absl::Status st = absl::OkStatus();
     if (has_kv) {
-      EvictIdle(0, pool.PagesNeeded(SeqPages(), r->pos, 0));
+      const int64_t need = pool.PagesNeeded(SeqPages(), r->pos, 0);
+      if (pool.free_pages() < need) EvictIdle(0, need);
       st = pool.RestoreCapacity(&r->pages, r->pos);
     }
     if (st.ok()) st = pool.Restore(*r->saved, r->slot, r->pages);

@@ -30,12 +30,11 @@ absl::StatusOr<std::unique_ptr<CudaKernels>> CudaKernels::Create(
       CudaStatus(cudaSetDevice(options.device), "cudaSetDevice"));
   DS_ASSIGN_OR_RETURN(std::unique_ptr<CublasLtGemm> gemm,
                       CublasLtGemm::Create({}));
-  return std::unique_ptr<CudaKernels>(
-      new CudaKernels(options.device, std::move(gemm)));
+  return std::unique_ptr<CudaKernels>(new CudaKernels(std::move(gemm)));
 }
 
-CudaKernels::CudaKernels(int device, std::unique_ptr<CublasLtGemm> gemm)
-    : device_(device), gemm_(std::move(gemm)) {}
+CudaKernels::CudaKernels(std::unique_ptr<CublasLtGemm> gemm)
+    : gemm_(std::move(gemm)) {}
 
 CudaKernels::~CudaKernels() = default;
 

@@ -14,7 +14,8 @@
 //
 // Owned by whoever runs the model (one per device). Thread-compatible: the
 // cuBLASLt workspace is shared, so calls on different streams must be
-// ordered.
+// ordered. Create makes the device current on the calling thread; a thread
+// that calls the methods later must have made it current too (cudaSetDevice).
 #ifndef DELTASERVE_KERNELS_CUDA_CUDA_KERNELS_H_
 #define DELTASERVE_KERNELS_CUDA_CUDA_KERNELS_H_
 
@@ -101,8 +102,7 @@ class CudaKernels final : public Kernels {
   absl::Status Synchronize(Stream stream) override;
 
  private:
-  CudaKernels(int device, std::unique_ptr<CublasLtGemm> gemm);
-  const int device_;
+  explicit CudaKernels(std::unique_ptr<CublasLtGemm> gemm);
   std::unique_ptr<CublasLtGemm> gemm_;
 };
 

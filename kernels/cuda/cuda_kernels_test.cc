@@ -14,16 +14,10 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cuda/testing/device_buffer.h"
 
 namespace deltaserve {
 namespace {
-
-bool HasGpu() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();
-  return ok;
-}
 
 // A host tensor with a device copy; views of either.
 class Pair {
@@ -33,9 +27,8 @@ class Pair {
     int64_t n = 1;
     for (int64_t d : shape_) n *= d;
     host_.assign(n, 0);
-    EXPECT_EQ(cudaMalloc(&device_, n * 4), cudaSuccess);
+    EXPECT_TRUE(device_.Allocate(n * 4).ok());
   }
-  ~Pair() { cudaFree(device_); }
   Pair(const Pair&) = delete;
 
   void Random(std::mt19937* rng, float lo = -1.f, float hi = 1.f) {
@@ -50,16 +43,10 @@ class Pair {
     std::memcpy(host_.data(), v.data(), v.size() * 4);
     Upload();
   }
-  void Upload() {
-    EXPECT_EQ(cudaMemcpy(device_, host_.data(), host_.size() * 4,
-                         cudaMemcpyHostToDevice),
-              cudaSuccess);
-  }
+  void Upload() { EXPECT_TRUE(device_.Upload(host_).ok()); }
   std::vector<float> Download() const {
     std::vector<float> out(host_.size());
-    EXPECT_EQ(
-        cudaMemcpy(out.data(), device_, out.size() * 4, cudaMemcpyDeviceToHost),
-        cudaSuccess);
+    EXPECT_TRUE(device_.Download(&out).ok());
     return out;
   }
   std::vector<float> HostFloats() const {
@@ -68,7 +55,7 @@ class Pair {
     return out;
   }
   TensorView cpu() { return View(host_.data(), Device::kCpu); }
-  TensorView gpu() { return View(device_, Device::kCuda); }
+  TensorView gpu() { return View(device_.get(), Device::kCuda); }
 
  private:
   TensorView View(void* data, Device device) {
@@ -88,7 +75,7 @@ class Pair {
   std::vector<int64_t> shape_;
   DType dtype_;
   std::vector<uint32_t> host_;
-  void* device_ = nullptr;
+  testing::DeviceBuffer device_;
 };
 
 void ExpectClose(const Pair& p, double tol, const char* what) {
@@ -104,7 +91,7 @@ void ExpectClose(const Pair& p, double tol, const char* what) {
 class CudaKernelsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!HasGpu()) GTEST_SKIP() << "no GPU";
+    if (!testing::HasCudaDevice()) GTEST_SKIP() << "no GPU";
     auto cuda = CudaKernels::Create({});
     ASSERT_TRUE(cuda.ok()) << cuda.status();
     gpu_ = std::move(*cuda);

@@ -17,6 +17,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gated_delta_rule_step_op.h"
+#include "kernels/cuda/testing/device_buffer.h"
 #include "kernels/kernels.h"
 #include "kernels/status.h"
 #include "kernels/tensor.h"
@@ -25,6 +26,7 @@
 namespace deltaserve {
 namespace {
 
+using ::deltaserve::testing::DeviceBuffer;
 using ::deltaserve::testing::FillUniform;
 using ::deltaserve::testing::HostI32;
 using ::deltaserve::testing::HostTensor;
@@ -32,39 +34,6 @@ using ::deltaserve::testing::MaxAbsDiff;
 using ::deltaserve::testing::RelativeError;
 
 constexpr double kTolerance = 1e-5;
-
-// A cudaMalloc'd buffer freed on destruction.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-
-  absl::Status Allocate(size_t bytes) {
-    return CudaStatus(cudaMalloc(&ptr_, std::max<size_t>(bytes, 4)),
-                      "cudaMalloc");
-  }
-  template <typename T>
-  absl::Status Upload(const std::vector<T>& host) {
-    DS_RETURN_IF_ERROR(Allocate(host.size() * sizeof(T)));
-    return CudaStatus(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T),
-                                 cudaMemcpyHostToDevice),
-                      "cudaMemcpy to device");
-  }
-  template <typename T>
-  absl::Status Download(std::vector<T>* host) const {
-    return CudaStatus(cudaMemcpy(host->data(), ptr_, host->size() * sizeof(T),
-                                 cudaMemcpyDeviceToHost),
-                      "cudaMemcpy to host");
-  }
-  void* get() const { return ptr_; }
-
- private:
-  void* ptr_ = nullptr;
-};
 
 struct Case {
   int64_t batch;
@@ -99,11 +68,7 @@ TensorView Slice3(void* base, Device device, int64_t batch, int64_t row,
 class GatedDeltaRuleStepTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-      cudaGetLastError();
-      GTEST_SKIP() << "no CUDA device";
-    }
+    if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
     auto created = CpuKernels::Create(CpuKernels::Options());
     ASSERT_TRUE(created.ok()) << created.status();
     cpu_ = std::move(created).value();
@@ -261,11 +226,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GatedDeltaRuleStepTest,
 
 // Padding rows (slot −1) get zero output and leave every slot alone.
 TEST(GatedDeltaRuleStepPaddingTest, NegativeSlotIsSkipped) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    GTEST_SKIP() << "no CUDA device";
-  }
+  if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
   constexpr int64_t kB = 2, kH = 2, kK = 32, kV = 32, kSlots = 2;
   std::mt19937 rng(7);
   HostTensor q({kB, kH, kK}), v({kB, kH, kV}), beta({kB, kH});

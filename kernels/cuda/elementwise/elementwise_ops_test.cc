@@ -25,6 +25,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/testing/device_buffer.h"
 #include "kernels/kernels.h"
 #include "kernels/status.h"
 #include "kernels/tensor.h"
@@ -33,6 +34,7 @@
 namespace deltaserve {
 namespace {
 
+using ::deltaserve::testing::DeviceBuffer;
 using ::deltaserve::testing::FillUniform;
 using ::deltaserve::testing::HostI32;
 using ::deltaserve::testing::HostTensor;
@@ -49,15 +51,6 @@ using ::testing::HasSubstr;
 constexpr float kEps = 1e-6f;
 constexpr float kSentinel = 12288.0f;  // fills row padding; exact in bf16
 
-bool HasGpu() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
-
 double Tolerance(DType out) { return out == DType::kBF16 ? 1e-2 : 1e-5; }
 
 void RoundToBf16(std::vector<float>* v) {
@@ -73,32 +66,6 @@ HostTensor Random(std::initializer_list<int64_t> shape, std::mt19937* rng,
   if (dtype == DType::kBF16) RoundToBf16(&t.data);
   return t;
 }
-
-// A cudaMalloc'd buffer freed on destruction.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-
-  absl::Status Upload(const void* host, size_t bytes) {
-    DS_RETURN_IF_ERROR(CudaStatus(
-        cudaMalloc(&ptr_, std::max<size_t>(bytes, 16)), "cudaMalloc"));
-    return CudaStatus(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice),
-                      "cudaMemcpy to device");
-  }
-  absl::Status Download(void* host, size_t bytes) const {
-    return CudaStatus(cudaMemcpy(host, ptr_, bytes, cudaMemcpyDeviceToHost),
-                      "cudaMemcpy to host");
-  }
-  void* get() const { return ptr_; }
-
- private:
-  void* ptr_ = nullptr;
-};
 
 // A device copy of a host tensor in f32 or bf16 whose first dimension's
 // stride is padded by `pad` elements; the padding holds kSentinel, so
@@ -261,7 +228,7 @@ std::string DTypesName(const ::testing::TestParamInfo<DTypes>& info) {
 class ElementwiseOpsTest : public ::testing::TestWithParam<DTypes> {
  protected:
   void SetUp() override {
-    if (!HasGpu()) GTEST_SKIP() << "no CUDA device";
+    if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
     auto created = CpuKernels::Create(CpuKernels::Options());
     ASSERT_TRUE(created.ok()) << created.status();
     cpu_ = std::move(created).value();

@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/testing/device_buffer.h"
 #include "kernels/kernels.h"
 #include "kernels/status.h"
 #include "kernels/tensor.h"
@@ -28,44 +29,12 @@
 namespace deltaserve {
 namespace {
 
+using ::deltaserve::testing::DeviceBuffer;
 using ::deltaserve::testing::FillUniform;
 using ::deltaserve::testing::HostI32;
 using ::deltaserve::testing::HostTensor;
 using ::deltaserve::testing::MaxAbsDiff;
 using ::deltaserve::testing::RelativeError;
-
-// A cudaMalloc'd buffer freed on destruction.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-
-  template <typename T>
-  absl::Status Upload(const std::vector<T>& host) {
-    if (ptr_ == nullptr) {
-      DS_RETURN_IF_ERROR(CudaStatus(
-          cudaMalloc(&ptr_, std::max<size_t>(host.size() * sizeof(T), 4)),
-          "cudaMalloc"));
-    }
-    return CudaStatus(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T),
-                                 cudaMemcpyHostToDevice),
-                      "cudaMemcpy to device");
-  }
-  template <typename T>
-  absl::Status Download(std::vector<T>* host) const {
-    return CudaStatus(cudaMemcpy(host->data(), ptr_, host->size() * sizeof(T),
-                                 cudaMemcpyDeviceToHost),
-                      "cudaMemcpy to host");
-  }
-  void* get() const { return ptr_; }
-
- private:
-  void* ptr_ = nullptr;
-};
 
 struct Case {
   std::vector<int32_t> lens;
@@ -90,15 +59,6 @@ std::ostream& operator<<(std::ostream& os, const Case& c) {
   return os;
 }
 
-bool HasDevice() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
-
 void RoundToBf16(HostTensor* t) {
   for (float& x : t->data) x = Bf16ToF32(F32ToBf16(x));
 }
@@ -114,7 +74,7 @@ enum class Form { kRecurrent, kChunked };
 class GdrOpsTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    if (!HasDevice()) GTEST_SKIP() << "no CUDA device";
+    if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
     auto created = CpuKernels::Create(CpuKernels::Options());
     ASSERT_TRUE(created.ok()) << created.status();
     cpu_ = std::move(created).value();

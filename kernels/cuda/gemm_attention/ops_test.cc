@@ -23,6 +23,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gemm_attention/gemm.h"
+#include "kernels/cuda/testing/device_buffer.h"
 #include "kernels/kernels.h"
 #include "kernels/status.h"
 #include "kernels/tensor.h"
@@ -42,15 +43,6 @@ double Tolerance(DType t) {
   return t == DType::kBF16 ? kBf16Tolerance : kF32Tolerance;
 }
 
-bool HasDevice() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
-
 std::vector<float> Random(size_t n, std::mt19937* rng, float lo = -1.0f,
                           float hi = 1.0f) {
   std::uniform_real_distribution<float> dist(lo, hi);
@@ -65,71 +57,45 @@ void RoundTo(DType dtype, std::vector<float>* x) {
   for (float& e : *x) e = Bf16ToF32(F32ToBf16(e));
 }
 
-// A cudaMalloc'd buffer of f32 or bf16 elements, freed on destruction.
+// A device buffer of f32, bf16 or i32 elements that remembers its element
+// type and count.
 class DeviceBuffer {
  public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-
-  // Uploads `host` converted to `dtype` (f32 or bf16); a second upload of
-  // the same size reuses the allocation.
+  // Uploads `host` converted to `dtype` (f32 or bf16).
   absl::Status UploadFloats(const std::vector<float>& host, DType dtype) {
-    if (ptr_ == nullptr || dtype != dtype_ || host.size() != size_) {
-      if (ptr_ != nullptr) cudaFree(ptr_);
-      ptr_ = nullptr;
-      dtype_ = dtype;
-      size_ = host.size();
-      DS_RETURN_IF_ERROR(Allocate(size_ * DTypeSize(dtype)));
-    }
+    dtype_ = dtype;
+    size_ = host.size();
     if (dtype == DType::kBF16) {
       std::vector<uint16_t> bits(size_);
       for (size_t i = 0; i < size_; ++i) bits[i] = F32ToBf16(host[i]);
-      return Copy(bits.data(), bits.size() * 2);
+      return buf_.Upload(bits);
     }
-    return Copy(host.data(), size_ * 4);
+    return buf_.Upload(host);
   }
   absl::Status UploadI32(const std::vector<int32_t>& host) {
     dtype_ = DType::kI32;
     size_ = host.size();
-    DS_RETURN_IF_ERROR(Allocate(size_ * 4));
-    return Copy(host.data(), size_ * 4);
+    return buf_.Upload(host);
   }
   absl::Status DownloadFloats(std::vector<float>* host) const {
     host->resize(size_);
     if (dtype_ == DType::kBF16) {
       std::vector<uint16_t> bits(size_);
-      DS_RETURN_IF_ERROR(CudaStatus(
-          cudaMemcpy(bits.data(), ptr_, size_ * 2, cudaMemcpyDeviceToHost),
-          "cudaMemcpy to host"));
+      DS_RETURN_IF_ERROR(buf_.Download(&bits));
       for (size_t i = 0; i < size_; ++i) (*host)[i] = Bf16ToF32(bits[i]);
       return absl::OkStatus();
     }
-    return CudaStatus(
-        cudaMemcpy(host->data(), ptr_, size_ * 4, cudaMemcpyDeviceToHost),
-        "cudaMemcpy to host");
+    return buf_.Download(host);
   }
 
   // A view of the buffer with `shape` (contiguous) in device memory.
   TensorView View(std::initializer_list<int64_t> shape) const {
-    return TensorView::Contiguous(ptr_, dtype_, shape, Device::kCuda);
+    return TensorView::Contiguous(buf_.get(), dtype_, shape, Device::kCuda);
   }
-  void* get() const { return ptr_; }
+  void* get() const { return buf_.get(); }
 
  private:
-  absl::Status Allocate(size_t bytes) {
-    return CudaStatus(cudaMalloc(&ptr_, std::max<size_t>(bytes, 4)),
-                      "cudaMalloc");
-  }
-  absl::Status Copy(const void* src, size_t bytes) {
-    return CudaStatus(cudaMemcpy(ptr_, src, bytes, cudaMemcpyHostToDevice),
-                      "cudaMemcpy to device");
-  }
-
-  void* ptr_ = nullptr;
+  testing::DeviceBuffer buf_;
   DType dtype_ = DType::kF32;
   size_t size_ = 0;
 };
@@ -171,7 +137,7 @@ std::ostream& operator<<(std::ostream& os, const GemmCase& c) {
 class GemmTest : public ::testing::TestWithParam<GemmCase> {
  protected:
   void SetUp() override {
-    if (!HasDevice()) GTEST_SKIP() << "no CUDA device";
+    if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
     cpu_ = MakeCpu();
     auto gemm = CublasLtGemm::Create(CublasLtGemm::Options());
     ASSERT_TRUE(gemm.ok()) << gemm.status();
@@ -262,7 +228,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GemmTest, ::testing::ValuesIn(GemmCases()),
                          });
 
 TEST(GemmRunTest, ZeroKZeroesOut) {
-  if (!HasDevice()) GTEST_SKIP() << "no CUDA device";
+  if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
   auto gemm = CublasLtGemm::Create(CublasLtGemm::Options());
   ASSERT_TRUE(gemm.ok()) << gemm.status();
   DeviceBuffer dout;
@@ -343,7 +309,7 @@ std::ostream& operator<<(std::ostream& os, const KvCase& c) {
 class KvAppendTest : public ::testing::TestWithParam<KvCase> {
  protected:
   void SetUp() override {
-    if (!HasDevice()) GTEST_SKIP() << "no CUDA device";
+    if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
     cpu_ = MakeCpu();
   }
   std::unique_ptr<CpuKernels> cpu_;
@@ -431,7 +397,7 @@ std::ostream& operator<<(std::ostream& os, const AttnCase& c) {
 class PagedAttentionTest : public ::testing::TestWithParam<AttnCase> {
  protected:
   void SetUp() override {
-    if (!HasDevice()) GTEST_SKIP() << "no CUDA device";
+    if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
     cpu_ = MakeCpu();
   }
   std::unique_ptr<CpuKernels> cpu_;
