@@ -18,14 +18,30 @@
 #ifndef DELTASERVE_KERNELS_KERNELS_H_
 #define DELTASERVE_KERNELS_KERNELS_H_
 
+#include <memory>
+
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/tensor.h"
 
 namespace deltaserve {
 
+class DeviceMemory;  // kernels/memory.h
+
 // An opaque execution stream (cudaStream_t for CUDA; ignored on CPU).
 struct Stream {
   void* native = nullptr;
+};
+
+// Work recorded once and replayed many times (a CUDA graph), see
+// Kernels::Record. Owned by the caller; thread-compatible.
+class RecordedWork {
+ public:
+  virtual ~RecordedWork() = default;
+  // Enqueues the recorded work on `stream`. INTERNAL on a device failure.
+  virtual absl::Status Replay(Stream stream) = 0;
 };
 
 class Kernels {
@@ -34,6 +50,36 @@ class Kernels {
 
   // Name of the implementation ("cpu", "cuda").
   virtual const char* name() const = 0;
+
+  // The memory this implementation's tensors live in (owned by it; never
+  // null).
+  virtual DeviceMemory* memory() = 0;
+
+  // Makes the calling thread able to run this instance's work (selects its
+  // device). INTERNAL when that fails. The CPU needs nothing.
+  virtual absl::Status BindThread() { return absl::OkStatus(); }
+
+  // The stream the engine runs its work on (owned by the implementation;
+  // null on the CPU).
+  virtual Stream stream() = 0;
+
+  // Records the kernels and copies `body` enqueues on `stream` instead of
+  // running them, for replay. The body must not read results on the host.
+  // UNIMPLEMENTED where recording is not supported (the CPU); a body's
+  // error is returned as is; INTERNAL when recording fails.
+  virtual absl::StatusOr<std::unique_ptr<RecordedWork>> Record(
+      Stream stream, absl::FunctionRef<absl::Status()> body) {
+    (void)stream;
+    (void)body;
+    return absl::UnimplementedError(
+        absl::StrCat(name(), " kernels cannot record work"));
+  }
+
+  // out[r] = the index of the largest entry of row r of logits[R, V] (the
+  // lowest index on ties; NaN is never chosen unless the row is all NaN).
+  // logits f32 (any row stride), out i32 [R].
+  virtual absl::Status Argmax(const TensorView& logits, const TensorView& out,
+                              Stream stream) = 0;
 
   // out[M, N] = x[M, K] · w[N, K]ᵀ (+ out when accumulate). w is f32 (CPU)
   // or f32/bf16 (CUDA). x and out may have any row stride.
@@ -47,7 +93,8 @@ class Kernels {
                                  const TensorView& out, Stream stream) = 0;
 
   // Row-wise RMSNorm of x[R, D]: out = x / sqrt(mean(x²) + eps) · w', with
-  // w' = 1 + w when zero_centered, else w. out may alias x.
+  // w' = 1 + w when zero_centered, else w. out may alias x. (CUDA: out may
+  // be bf16 for an f32 x.)
   virtual absl::Status RmsNorm(const TensorView& x, const TensorView& weight,
                                float eps, bool zero_centered,
                                const TensorView& out, Stream stream) = 0;

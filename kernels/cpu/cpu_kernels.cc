@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/memory.h"
 #include "kernels/status.h"
 #include "kernels/tensor_check.h"
 
@@ -1041,6 +1042,35 @@ absl::Status CpuKernels::PagedAttention(
         }
       }
     }
+  }
+  return absl::OkStatus();
+}
+
+DeviceMemory* CpuKernels::memory() { return HostMemory(); }
+
+absl::Status CpuKernels::Argmax(const TensorView& logits, const TensorView& out,
+                                Stream /*stream*/) {
+  constexpr char kOp[] = "Argmax";
+  DS_RETURN_IF_ERROR(
+      CheckView(kOp, "logits", logits, DType::kF32, {kAny, kAny}));
+  const int64_t rows = logits.dim(0);
+  const int64_t vocab = logits.dim(1);
+  if (vocab < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kOp, ": logits ", logits.DebugString(), " has no columns"));
+  }
+  DS_RETURN_IF_ERROR(CheckView(kOp, "out", out, DType::kI32, {rows}));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = F32At(logits, r);
+    int64_t best = 0;
+    for (int64_t j = 1; j < vocab; ++j) {
+      // NaN compares false both ways: it replaces only a NaN best.
+      if (row[j] > row[best] ||
+          (std::isnan(row[best]) && !std::isnan(row[j]))) {
+        best = j;
+      }
+    }
+    out.i32()[r * out.strides[0]] = static_cast<int32_t>(best);
   }
   return absl::OkStatus();
 }

@@ -44,6 +44,14 @@ class CpuKernels final : public Kernels {
 
   // "cpu".
   const char* name() const override { return "cpu"; }
+  // HostMemory().
+  DeviceMemory* memory() override;
+  // The null stream.
+  Stream stream() override { return Stream{}; }
+
+  // INVALID_ARGUMENT: logits not f32 [R, V] with V ≥ 1, or out not i32 [R].
+  absl::Status Argmax(const TensorView& logits, const TensorView& out,
+                      Stream stream) override;
 
   // INVALID_ARGUMENT: shape mismatch, w not f32, or a row stride of x, w or
   // out smaller than its row length.

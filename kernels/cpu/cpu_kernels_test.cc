@@ -13,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/kernels.h"
+#include "kernels/memory.h"
 #include "kernels/tensor.h"
 #include "kernels/testing/tensor_utils.h"
 
@@ -129,6 +130,46 @@ TEST_F(CpuKernelsTest, EmbeddingGathersRows) {
       EXPECT_EQ(out[t * 6 + d], table[ids[t] * 6 + d]);
     }
   }
+}
+
+TEST_F(CpuKernelsTest, ArgmaxTakesTheLowestIndexOnTiesAndSkipsNan) {
+  const float nan = std::nanf("");
+  HostTensor logits({4, 4});
+  const float rows[16] = {1,   5,   5,   2,   nan, 1,   3,  3,
+                          nan, nan, nan, nan, -1,  nan, -1, -2};
+  for (int i = 0; i < 16; ++i) logits[i] = rows[i];
+  HostI32 out = HostI32::FromVector({-1, -1, -1, -1});
+  ASSERT_TRUE(kernels_->Argmax(logits.view(), out.view(), stream_).ok());
+  EXPECT_EQ(out[0], 1);
+  EXPECT_EQ(out[1], 2);
+  EXPECT_EQ(out[2], 0);
+  EXPECT_EQ(out[3], 0);
+  HostI32 short_out = HostI32::FromVector({0, 0});
+  EXPECT_EQ(kernels_->Argmax(logits.view(), short_out.view(), stream_).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CpuKernelsTest, HostMemoryCopiesWithPitchesAndCannotRecord) {
+  DeviceMemory* mem = kernels_->memory();
+  EXPECT_EQ(mem->device(), Device::kCpu);
+  auto buf = Buffer::Allocate(mem, 256);
+  ASSERT_TRUE(buf.ok());
+  std::vector<uint8_t> src(64);
+  for (int i = 0; i < 64; ++i) src[i] = static_cast<uint8_t>(i);
+  ASSERT_TRUE(mem->Zero(buf->data(), 256, stream_).ok());
+  ASSERT_TRUE(mem->Copy2D(buf->data(), 8, src.data(), 16, 3, 4, stream_).ok());
+  const uint8_t* d = static_cast<const uint8_t*>(buf->data());
+  for (int r = 0; r < 4; ++r) {
+    for (int c = 0; c < 8; ++c) {
+      EXPECT_EQ(d[r * 8 + c], c < 3 ? src[r * 16 + c] : 0) << r << "," << c;
+    }
+  }
+  EXPECT_EQ(Buffer::Allocate(mem, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(kernels_->Record(stream_, [] { return absl::OkStatus(); })
+                .status()
+                .code(),
+            absl::StatusCode::kUnimplemented);
 }
 
 TEST_F(CpuKernelsTest, EmbeddingRejectsOutOfRangeIds) {

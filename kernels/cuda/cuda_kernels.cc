@@ -10,9 +10,84 @@
 #include "kernels/cuda/gdr/gdr_ops.h"
 #include "kernels/cuda/gemm_attention/gemm.h"
 #include "kernels/cuda/gemm_attention/ops.h"
+#include "kernels/cuda/sampling/argmax.h"
+#include "kernels/memory.h"
 #include "kernels/status.h"
+#include "kernels/tensor_check.h"
 
 namespace deltaserve {
+
+// Device memory of the current device.
+class CudaMemory final : public DeviceMemory {
+ public:
+  Device device() const override { return Device::kCuda; }
+
+  absl::StatusOr<void*> Allocate(int64_t bytes) override {
+    if (bytes <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("allocation of ", bytes, " bytes"));
+    }
+    void* p = nullptr;
+    const cudaError_t err = cudaMalloc(&p, static_cast<size_t>(bytes));
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // out of memory is not sticky
+      return CudaStatus(err, absl::StrCat("cudaMalloc of ", bytes, " bytes"));
+    }
+    return p;
+  }
+
+  void Free(void* p) override {
+    if (p != nullptr) cudaFree(p);
+  }
+
+  absl::Status Copy2D(void* dst, int64_t dst_pitch, const void* src,
+                      int64_t src_pitch, int64_t row_bytes, int64_t rows,
+                      Stream stream) override {
+    if (rows <= 0 || row_bytes <= 0) return absl::OkStatus();
+    cudaStream_t s = static_cast<cudaStream_t>(stream.native);
+    DS_RETURN_IF_ERROR(CudaStatus(
+        cudaMemcpy2DAsync(dst, static_cast<size_t>(dst_pitch), src,
+                          static_cast<size_t>(src_pitch),
+                          static_cast<size_t>(row_bytes),
+                          static_cast<size_t>(rows), cudaMemcpyDefault, s),
+        "cudaMemcpy2DAsync"));
+    cudaPointerAttributes attr;
+    if (cudaPointerGetAttributes(&attr, dst) == cudaSuccess &&
+        attr.type != cudaMemoryTypeDevice &&
+        attr.type != cudaMemoryTypeManaged) {
+      // The host reads what it asked for once the call returns.
+      return CudaStatus(cudaStreamSynchronize(s), "copy to host: synchronize");
+    }
+    cudaGetLastError();
+    return absl::OkStatus();
+  }
+
+  absl::Status Zero(void* p, int64_t bytes, Stream stream) override {
+    if (bytes <= 0) return absl::OkStatus();
+    return CudaStatus(cudaMemsetAsync(p, 0, static_cast<size_t>(bytes),
+                                      static_cast<cudaStream_t>(stream.native)),
+                      "cudaMemsetAsync");
+  }
+};
+
+namespace {
+
+// An instantiated CUDA graph.
+class CudaGraphWork final : public RecordedWork {
+ public:
+  explicit CudaGraphWork(cudaGraphExec_t exec) : exec_(exec) {}
+  ~CudaGraphWork() override { cudaGraphExecDestroy(exec_); }
+  absl::Status Replay(Stream stream) override {
+    return CudaStatus(
+        cudaGraphLaunch(exec_, static_cast<cudaStream_t>(stream.native)),
+        "cudaGraphLaunch");
+  }
+
+ private:
+  cudaGraphExec_t exec_;
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaKernels>> CudaKernels::Create(
     const Options& options) {
@@ -30,13 +105,89 @@ absl::StatusOr<std::unique_ptr<CudaKernels>> CudaKernels::Create(
       CudaStatus(cudaSetDevice(options.device), "cudaSetDevice"));
   DS_ASSIGN_OR_RETURN(std::unique_ptr<CublasLtGemm> gemm,
                       CublasLtGemm::Create({}));
-  return std::unique_ptr<CudaKernels>(new CudaKernels(std::move(gemm)));
+  cudaStream_t stream = nullptr;
+  DS_RETURN_IF_ERROR(
+      CudaStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+                 "cudaStreamCreateWithFlags"));
+  void* word = nullptr;
+  absl::Status st = CudaStatus(cudaMalloc(&word, sizeof(uint64_t)),
+                               "cudaMalloc embedding error word");
+  if (!st.ok()) {
+    cudaStreamDestroy(stream);
+    return st;
+  }
+  return std::unique_ptr<CudaKernels>(new CudaKernels(
+      options.device, std::move(gemm), std::make_unique<CudaMemory>(), stream,
+      static_cast<uint64_t*>(word)));
 }
 
-CudaKernels::CudaKernels(std::unique_ptr<CublasLtGemm> gemm)
-    : gemm_(std::move(gemm)) {}
+CudaKernels::CudaKernels(int device, std::unique_ptr<CublasLtGemm> gemm,
+                         std::unique_ptr<CudaMemory> memory, void* stream,
+                         uint64_t* error_word)
+    : device_(device),
+      gemm_(std::move(gemm)),
+      memory_(std::move(memory)),
+      stream_(stream),
+      error_word_(error_word) {}
 
-CudaKernels::~CudaKernels() = default;
+CudaKernels::~CudaKernels() {
+  cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+  cudaFree(error_word_);
+  cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+}
+
+DeviceMemory* CudaKernels::memory() { return memory_.get(); }
+
+absl::Status CudaKernels::BindThread() {
+  return CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
+}
+
+absl::StatusOr<std::unique_ptr<RecordedWork>> CudaKernels::Record(
+    Stream stream, absl::FunctionRef<absl::Status()> body) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream.native);
+  if (s == nullptr) {
+    return absl::InvalidArgumentError(
+        "Record: the legacy default stream cannot be recorded");
+  }
+  DS_RETURN_IF_ERROR(
+      CudaStatus(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal),
+                 "cudaStreamBeginCapture"));
+  const absl::Status body_status = body();
+  cudaGraph_t graph = nullptr;
+  const absl::Status ended =
+      CudaStatus(cudaStreamEndCapture(s, &graph), "cudaStreamEndCapture");
+  if (!body_status.ok() || !ended.ok()) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    return body_status.ok() ? ended : body_status;
+  }
+  cudaGraphExec_t exec = nullptr;
+  const absl::Status made =
+      CudaStatus(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  cudaGraphDestroy(graph);
+  DS_RETURN_IF_ERROR(made);
+  return std::unique_ptr<RecordedWork>(new CudaGraphWork(exec));
+}
+
+absl::Status CudaKernels::Argmax(const TensorView& logits,
+                                 const TensorView& out, Stream stream) {
+  constexpr char kOp[] = "Argmax";
+  DS_RETURN_IF_ERROR(CheckTensor(kOp, "logits", logits, DType::kF32,
+                                 {kAnyDim, kAnyDim}, Device::kCuda));
+  DS_RETURN_IF_ERROR(CheckTensor(kOp, "out", out, DType::kI32, {logits.dim(0)},
+                                 Device::kCuda));
+  if (logits.dim(1) < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kOp, ": logits ", logits.DebugString(), " has no columns"));
+  }
+  if (!out.IsContiguous()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": out ", out.DebugString(), " is not contiguous"));
+  }
+  const int64_t stride = logits.dim(0) > 1 ? logits.strides[0] : logits.dim(1);
+  return LaunchArgmax(logits.f32(), logits.dim(0), logits.dim(1), stride,
+                      out.i32(), stream.native);
+}
 
 absl::Status CudaKernels::Gemm(const TensorView& x, const TensorView& w,
                                const TensorView& out, bool accumulate,
@@ -47,6 +198,12 @@ absl::Status CudaKernels::Gemm(const TensorView& x, const TensorView& w,
 absl::Status CudaKernels::Embedding(const TensorView& ids,
                                     const TensorView& table,
                                     const TensorView& out, Stream stream) {
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(static_cast<cudaStream_t>(stream.native),
+                            &capturing) == cudaSuccess &&
+      capturing == cudaStreamCaptureStatusActive) {
+    return CudaEmbeddingNoWait(ids, table, out, error_word_, stream);
+  }
   return CudaEmbedding(ids, table, out, stream);
 }
 

@@ -6,11 +6,18 @@
 // in range. Matrix products use cuBLASLt; the other operations are
 // deltaserve's own kernels (kernels/cuda/elementwise, gemm_attention, gdr).
 //
+// Memory: cudaMalloc'd device memory; Copy2D is cudaMemcpy2DAsync (a copy
+// into host memory waits for the stream). stream() is a non-blocking stream
+// the object owns; Record captures a CUDA graph on a stream other than the
+// legacy default one. While a stream is being recorded, Embedding does not
+// wait: an out-of-range id then leaves its output untouched, unreported (the
+// engine checks ids on the host first).
+//
 // Differences from CpuKernels, by design: index tensors the kernels read on
 // the device (cu_seqlens, slots, page tables, context lengths) are not
 // checked on the host — out-of-range entries are skipped or masked, never
 // read or written out of bounds; the chunked gated delta rule takes head
-// dims K ∈ {64, 128} and V a multiple of 32.
+// dims K ∈ {32, 64, 128} and V a multiple of 32.
 //
 // Owned by whoever runs the model (one per device). Thread-compatible: the
 // cuBLASLt workspace is shared, so calls on different streams must be
@@ -19,6 +26,7 @@
 #ifndef DELTASERVE_KERNELS_CUDA_CUDA_KERNELS_H_
 #define DELTASERVE_KERNELS_CUDA_CUDA_KERNELS_H_
 
+#include <cstdint>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -27,6 +35,7 @@
 namespace deltaserve {
 
 class CublasLtGemm;
+class CudaMemory;
 
 class CudaKernels final : public Kernels {
  public:
@@ -43,6 +52,14 @@ class CudaKernels final : public Kernels {
   ~CudaKernels() override;
 
   const char* name() const override { return "cuda"; }
+  DeviceMemory* memory() override;
+  // cudaSetDevice(options.device).
+  absl::Status BindThread() override;
+  Stream stream() override { return Stream{stream_}; }
+  absl::StatusOr<std::unique_ptr<RecordedWork>> Record(
+      Stream stream, absl::FunctionRef<absl::Status()> body) override;
+  absl::Status Argmax(const TensorView& logits, const TensorView& out,
+                      Stream stream) override;
   absl::Status Gemm(const TensorView& x, const TensorView& w,
                     const TensorView& out, bool accumulate,
                     Stream stream) override;
@@ -102,8 +119,14 @@ class CudaKernels final : public Kernels {
   absl::Status Synchronize(Stream stream) override;
 
  private:
-  explicit CudaKernels(std::unique_ptr<CublasLtGemm> gemm);
+  CudaKernels(int device, std::unique_ptr<CublasLtGemm> gemm,
+              std::unique_ptr<CudaMemory> memory, void* stream,
+              uint64_t* error_word);
+  int device_;
   std::unique_ptr<CublasLtGemm> gemm_;
+  std::unique_ptr<CudaMemory> memory_;
+  void* stream_ = nullptr;          // cudaStream_t
+  uint64_t* error_word_ = nullptr;  // Embedding's id check while recording
 };
 
 }  // namespace deltaserve

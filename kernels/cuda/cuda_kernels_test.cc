@@ -15,6 +15,8 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/testing/device_buffer.h"
+#include "kernels/memory.h"
+#include "kernels/status.h"
 
 namespace deltaserve {
 namespace {
@@ -247,6 +249,107 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesTheCpu) {
   }
   ASSERT_TRUE(gpu_->Synchronize(s_).ok());
   ExpectClose(out, 1e-4, "KvAppend then PagedAttention");
+}
+
+TEST_F(CudaKernelsTest, ArgmaxMatchesTheCpuOnOddSizes) {
+  for (int64_t vocab : {1, 7, 63, 65, 1000, 151937}) {
+    for (int64_t rows : {1, 7, 65}) {
+      Pair logits({rows, vocab}), out({rows}, DType::kI32),
+          cpu_out({rows}, DType::kI32);
+      logits.Random(&rng_, -3.f, 3.f);
+      ASSERT_TRUE(gpu_->Argmax(logits.gpu(), out.gpu(), s_).ok());
+      ASSERT_TRUE(cpu_->Argmax(logits.cpu(), cpu_out.cpu(), s_).ok());
+      ASSERT_TRUE(gpu_->Synchronize(s_).ok());
+      std::vector<float> got = out.Download(), want = cpu_out.HostFloats();
+      EXPECT_EQ(0, std::memcmp(got.data(), want.data(), rows * 4))
+          << rows << " x " << vocab;
+    }
+  }
+}
+
+TEST_F(CudaKernelsTest, ArgmaxTakesTheLowestIndexOnTiesAndSkipsNan) {
+  const float nan = std::nanf("");
+  const std::vector<std::vector<float>> rows = {
+      {1, 5, 5, 2}, {nan, 1, 3, 3}, {nan, nan, nan, nan}, {-1, nan, -1, -2}};
+  const std::vector<int32_t> want = {1, 2, 0, 0};
+  std::vector<float> flat;
+  for (const auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
+  Pair logits({4, 4}), out({4}, DType::kI32), cpu_out({4}, DType::kI32);
+  std::vector<int32_t> bits(16);
+  std::memcpy(bits.data(), flat.data(), 64);
+  logits.SetI32(bits);
+  ASSERT_TRUE(gpu_->Argmax(logits.gpu(), out.gpu(), s_).ok());
+  ASSERT_TRUE(cpu_->Argmax(logits.cpu(), cpu_out.cpu(), s_).ok());
+  std::vector<float> got = out.Download(), cpu_got = cpu_out.HostFloats();
+  std::vector<int32_t> g(4), c(4);
+  std::memcpy(g.data(), got.data(), 16);
+  std::memcpy(c.data(), cpu_got.data(), 16);
+  EXPECT_EQ(g, want);
+  EXPECT_EQ(c, want);
+}
+
+TEST_F(CudaKernelsTest, MemoryCopiesBothWaysWithPitches) {
+  DeviceMemory* mem = gpu_->memory();
+  EXPECT_EQ(mem->device(), Device::kCuda);
+  auto buf = Buffer::Allocate(mem, 4096);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  std::vector<uint8_t> host(4096), back(4096, 0xee);
+  for (size_t i = 0; i < host.size(); ++i)
+    host[i] = static_cast<uint8_t>(i * 7);
+  ASSERT_TRUE(mem->Zero(buf->data(), 4096, gpu_->stream()).ok());
+  // Rows of 10 bytes, 64 apart on the host, packed 16 apart on the device.
+  ASSERT_TRUE(
+      mem->Copy2D(buf->data(), 16, host.data(), 64, 10, 20, gpu_->stream())
+          .ok());
+  ASSERT_TRUE(mem->Copy(back.data(), buf->data(), 4096, gpu_->stream()).ok());
+  for (int r = 0; r < 20; ++r) {
+    for (int c = 0; c < 16; ++c) {
+      EXPECT_EQ(back[r * 16 + c], c < 10 ? host[r * 64 + c] : 0)
+          << r << "," << c;
+    }
+  }
+  EXPECT_EQ(Buffer::Allocate(mem, int64_t{1} << 50).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // The device still works after a failed allocation.
+  ASSERT_TRUE(mem->Copy(back.data(), buf->data(), 16, gpu_->stream()).ok());
+}
+
+TEST_F(CudaKernelsTest, RecordedWorkReplaysWithNewInputs) {
+  // Recorded: ids → embedding → RmsNorm → argmax. Replayed with new ids
+  // copied into the same buffer, it must follow them.
+  const int64_t t = 5, vocab = 97, d = 64;
+  Pair table({vocab, d}), w({d}), x({t, d}), ids({t}, DType::kI32),
+      am({t}, DType::kI32), logits({t, vocab});
+  table.Random(&rng_);
+  w.Random(&rng_, 0.5f, 1.5f);
+  ids.SetI32({1, 2, 3, 4, 5});
+  Stream st = gpu_->stream();
+  auto body = [&]() -> absl::Status {
+    DS_RETURN_IF_ERROR(gpu_->Embedding(ids.gpu(), table.gpu(), x.gpu(), st));
+    DS_RETURN_IF_ERROR(
+        gpu_->RmsNorm(x.gpu(), w.gpu(), 1e-6f, false, x.gpu(), st));
+    DS_RETURN_IF_ERROR(
+        gpu_->Gemm(x.gpu(), table.gpu(), logits.gpu(), false, st));
+    return gpu_->Argmax(logits.gpu(), am.gpu(), st);
+  };
+  auto work = gpu_->Record(st, body);
+  ASSERT_TRUE(work.ok()) << work.status();
+  for (int round = 0; round < 3; ++round) {
+    std::vector<int32_t> v(t);
+    std::uniform_int_distribution<int32_t> pick(0, vocab - 1);
+    for (auto& id : v) id = pick(rng_);
+    ids.SetI32(v);
+    ASSERT_TRUE((*work)->Replay(st).ok());
+    ASSERT_TRUE(gpu_->Synchronize(st).ok());
+    std::vector<float> recorded = am.Download();
+    ASSERT_TRUE(body().ok());  // the same work, run directly
+    ASSERT_TRUE(gpu_->Synchronize(st).ok());
+    std::vector<float> direct = am.Download();
+    EXPECT_EQ(0, std::memcmp(recorded.data(), direct.data(), t * 4));
+  }
+  // The CPU cannot record.
+  EXPECT_EQ(cpu_->Record(Stream{}, body).status().code(),
+            absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

@@ -157,7 +157,7 @@ absl::Status LaunchResult(const char* what) {
 // ---------------------------------------------------------------------------
 // RMSNorm.
 
-template <typename T, typename TW, int N, bool kGated>
+template <typename T, typename TW, typename TO, int N, bool kGated>
 __global__ void RmsNormKernel(const RmsNormArgs a) {
   const int64_t row = blockIdx.x;
   const int vecs = static_cast<int>(a.dim / N);
@@ -173,7 +173,7 @@ __global__ void RmsNormKernel(const RmsNormArgs a) {
   const float inv = rsqrtf(ss / static_cast<float>(a.dim) + a.eps);
   const TW* w = static_cast<const TW*>(a.weight);
   const T* z = kGated ? static_cast<const T*>(a.z) + row * a.z_stride : nullptr;
-  T* out = static_cast<T*>(a.out) + row * a.out_stride;
+  TO* out = static_cast<TO*>(a.out) + row * a.out_stride;
   const float w_offset = a.zero_centered ? 1.0f : 0.0f;
   for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
     float v[N];
@@ -193,14 +193,14 @@ __global__ void RmsNormKernel(const RmsNormArgs a) {
   }
 }
 
-template <typename T, typename TW, int N>
+template <typename T, typename TW, typename TO, int N>
 void LaunchRmsNormTyped(const RmsNormArgs& a, cudaStream_t stream) {
   const int threads = RowThreads(a.dim / N);
   const unsigned grid = static_cast<unsigned>(a.rows);
   if (a.z != nullptr) {
-    RmsNormKernel<T, TW, N, true><<<grid, threads, 0, stream>>>(a);
+    RmsNormKernel<T, TW, TO, N, true><<<grid, threads, 0, stream>>>(a);
   } else {
-    RmsNormKernel<T, TW, N, false><<<grid, threads, 0, stream>>>(a);
+    RmsNormKernel<T, TW, TO, N, false><<<grid, threads, 0, stream>>>(a);
   }
 }
 
@@ -457,6 +457,7 @@ void LaunchCausalConv1dTyped(const CausalConv1dArgs& a, cudaStream_t stream) {
 absl::Status LaunchRmsNorm(const RmsNormArgs& a, void* stream) {
   constexpr char kOp[] = "RmsNorm";
   if (!IsFloat(a.dtype)) return CheckFloat(kOp, "dtype", a.dtype);
+  if (!IsFloat(a.out_dtype)) return CheckFloat(kOp, "out_dtype", a.out_dtype);
   if (!IsFloat(a.weight_dtype)) {
     return CheckFloat(kOp, "weight_dtype", a.weight_dtype);
   }
@@ -472,10 +473,11 @@ absl::Status LaunchRmsNorm(const RmsNormArgs& a, void* stream) {
   if (a.out == nullptr) return Null(kOp, "out");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int esize = DTypeSize(a.dtype);
+  const int osize = DTypeSize(a.out_dtype);
   const int wsize = DTypeSize(a.weight_dtype);
   const int n = 16 / esize;  // elements per 16-byte activation access
   const bool vec = a.dim % n == 0 && Aligned(a.x, a.x_stride, esize, 16) &&
-                   Aligned(a.out, a.out_stride, esize, 16) &&
+                   Aligned(a.out, a.out_stride, osize, n * osize) &&
                    (a.z == nullptr || Aligned(a.z, a.z_stride, esize, 16)) &&
                    Aligned(a.weight, 0, wsize, n * wsize);
   DispatchFloat(a.dtype, [&](auto t) {
@@ -483,11 +485,14 @@ absl::Status LaunchRmsNorm(const RmsNormArgs& a, void* stream) {
     constexpr int kN = 16 / sizeof(T);
     DispatchFloat(a.weight_dtype, [&](auto tw) {
       using TW = decltype(tw);
-      if (vec) {
-        LaunchRmsNormTyped<T, TW, kN>(a, s);
-      } else {
-        LaunchRmsNormTyped<T, TW, 1>(a, s);
-      }
+      DispatchFloat(a.out_dtype, [&](auto to) {
+        using TO = decltype(to);
+        if (vec) {
+          LaunchRmsNormTyped<T, TW, TO, kN>(a, s);
+        } else {
+          LaunchRmsNormTyped<T, TW, TO, 1>(a, s);
+        }
+      });
     });
   });
   return LaunchResult("RmsNorm kernel launch");

@@ -35,11 +35,12 @@ inline constexpr int kRopeMaxRotDim = 8192;
 // with w' = 1 + weight when zero_centered, else weight. One block per row.
 // out may alias x (same stride).
 struct RmsNormArgs {
-  const void* x = nullptr;       // [rows, dim], dtype
-  const void* z = nullptr;       // [rows, dim], dtype; null: no gate
-  const void* weight = nullptr;  // [dim] contiguous, weight_dtype
-  void* out = nullptr;           // [rows, dim], dtype
-  DType dtype = DType::kF32;     // activations: f32 or bf16
+  const void* x = nullptr;        // [rows, dim], dtype
+  const void* z = nullptr;        // [rows, dim], dtype; null: no gate
+  const void* weight = nullptr;   // [dim] contiguous, weight_dtype
+  void* out = nullptr;            // [rows, dim], out_dtype
+  DType dtype = DType::kF32;      // x and z: f32 or bf16
+  DType out_dtype = DType::kF32;  // f32 or bf16 (may differ from dtype)
   DType weight_dtype = DType::kF32;
   int64_t rows = 0;
   int64_t dim = 0;  // < 2^31

@@ -75,7 +75,17 @@ absl::Status RmsNormImpl(const char* op, const TensorView& x,
   }
   DS_ASSIGN_OR_RETURN(const DType weight_dtype,
                       CheckFloatView(op, "weight", weight, {dim}));
-  DS_RETURN_IF_ERROR(CheckView(op, "out", out, dtype, {rows, dim}));
+  // The plain norm may also narrow f32 rows to bf16 (not in place).
+  const DType out_dtype =
+      z == nullptr && dtype == DType::kF32 && out.dtype == DType::kBF16
+          ? DType::kBF16
+          : dtype;
+  DS_RETURN_IF_ERROR(CheckView(op, "out", out, out_dtype, {rows, dim}));
+  if (out_dtype != dtype && out.data == x.data) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": out ", out.DebugString(), " narrows x ",
+                     x.DebugString(), " in place"));
+  }
   DS_RETURN_IF_ERROR(CheckAlias(op, "out", out, "x", x));
   if (z != nullptr) DS_RETURN_IF_ERROR(CheckAlias(op, "out", out, "z", *z));
   if (rows > INT32_MAX || dim > INT32_MAX) {
@@ -88,6 +98,7 @@ absl::Status RmsNormImpl(const char* op, const TensorView& x,
   args.weight = weight.data;
   args.out = out.data;
   args.dtype = dtype;
+  args.out_dtype = out_dtype;
   args.weight_dtype = weight_dtype;
   args.rows = rows;
   args.dim = dim;
@@ -170,14 +181,16 @@ absl::Status CheckConv(const char* op, const TensorView& x,
 
 }  // namespace
 
-absl::Status CudaEmbedding(const TensorView& ids, const TensorView& table,
-                           const TensorView& out, Stream stream) {
+namespace {
+
+// Checks the views of an embedding gather and fills `args` (all but error).
+absl::Status EmbeddingArgsFor(const TensorView& ids, const TensorView& table,
+                              const TensorView& out, EmbeddingArgs* args) {
   constexpr char kOp[] = "Embedding";
   DS_RETURN_IF_ERROR(CheckView(kOp, "ids", ids, DType::kI32, {kAny}));
   DS_ASSIGN_OR_RETURN(const DType table_dtype,
                       CheckFloatView(kOp, "table", table, {kAny, kAny}));
   const int64_t tokens = ids.dim(0);
-  const int64_t vocab = table.dim(0);
   const int64_t dim = table.dim(1);
   DS_ASSIGN_OR_RETURN(const DType out_dtype,
                       CheckFloatView(kOp, "out", out, {tokens, dim}));
@@ -185,23 +198,32 @@ absl::Status CudaEmbedding(const TensorView& ids, const TensorView& table,
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": ids ", ids.DebugString(), " is too long"));
   }
-  if (tokens == 0) return absl::OkStatus();
+  args->ids = ids.i32();
+  args->table = table.data;
+  args->out = out.data;
+  args->table_dtype = table_dtype;
+  args->out_dtype = out_dtype;
+  args->tokens = tokens;
+  args->vocab = table.dim(0);
+  args->dim = dim;
+  args->table_stride = RowStride(table);
+  args->out_stride = RowStride(out);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CudaEmbedding(const TensorView& ids, const TensorView& table,
+                           const TensorView& out, Stream stream) {
+  constexpr char kOp[] = "Embedding";
+  EmbeddingArgs args;
+  DS_RETURN_IF_ERROR(EmbeddingArgsFor(ids, table, out, &args));
+  if (args.tokens == 0) return absl::OkStatus();
   cudaStream_t s = static_cast<cudaStream_t>(stream.native);
   void* error = nullptr;
   DS_RETURN_IF_ERROR(CudaStatus(cudaMallocAsync(&error, sizeof(uint64_t), s),
                                 "Embedding: cudaMallocAsync error word"));
-  EmbeddingArgs args;
-  args.ids = ids.i32();
-  args.table = table.data;
-  args.out = out.data;
   args.error = static_cast<uint64_t*>(error);
-  args.table_dtype = table_dtype;
-  args.out_dtype = out_dtype;
-  args.tokens = tokens;
-  args.vocab = vocab;
-  args.dim = dim;
-  args.table_stride = RowStride(table);
-  args.out_stride = RowStride(out);
   absl::Status status = LaunchEmbedding(args, stream.native);
   uint64_t code = kEmbeddingNoError;
   if (status.ok()) {
@@ -221,9 +243,19 @@ absl::Status CudaEmbedding(const TensorView& ids, const TensorView& table,
     const int32_t id = static_cast<int32_t>(static_cast<uint32_t>(code));
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": ids[", position, "] = ", id, " is outside [0, ",
-                     vocab, ") of table ", table.DebugString()));
+                     args.vocab, ") of table ", table.DebugString()));
   }
   return absl::OkStatus();
+}
+
+absl::Status CudaEmbeddingNoWait(const TensorView& ids, const TensorView& table,
+                                 const TensorView& out, uint64_t* error_word,
+                                 Stream stream) {
+  EmbeddingArgs args;
+  DS_RETURN_IF_ERROR(EmbeddingArgsFor(ids, table, out, &args));
+  if (args.tokens == 0) return absl::OkStatus();
+  args.error = error_word;
+  return LaunchEmbedding(args, stream.native);
 }
 
 absl::Status CudaRmsNorm(const TensorView& x, const TensorView& weight,

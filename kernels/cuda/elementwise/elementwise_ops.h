@@ -23,6 +23,8 @@
 #ifndef DELTASERVE_KERNELS_CUDA_ELEMENTWISE_ELEMENTWISE_OPS_H_
 #define DELTASERVE_KERNELS_CUDA_ELEMENTWISE_ELEMENTWISE_OPS_H_
 
+#include <cstdint>
+
 #include "absl/status/status.h"
 #include "kernels/cuda/elementwise/elementwise.h"
 #include "kernels/kernels.h"
@@ -41,7 +43,18 @@ namespace deltaserve {
 absl::Status CudaEmbedding(const TensorView& ids, const TensorView& table,
                            const TensorView& out, Stream stream);
 
-// Kernels::RmsNorm. x, out [R, D]; weight [D]. out may alias x.
+// CudaEmbedding without waiting, so that it can be recorded in a CUDA graph:
+// `error_word` (one device word the caller owns) receives the id check's
+// result (kEmbeddingNoError when every id is in range), and when an id is
+// out of range nothing is written to out. The caller checks ids beforehand
+// or reads the word itself.
+absl::Status CudaEmbeddingNoWait(const TensorView& ids, const TensorView& table,
+                                 const TensorView& out, uint64_t* error_word,
+                                 Stream stream);
+
+// Kernels::RmsNorm. x, out [R, D]; weight [D]. out may alias x. Unlike
+// the other operations, out may be bf16 when x is f32 (the norm then also
+// narrows; not in place).
 absl::Status CudaRmsNorm(const TensorView& x, const TensorView& weight,
                          float eps, bool zero_centered, const TensorView& out,
                          Stream stream);

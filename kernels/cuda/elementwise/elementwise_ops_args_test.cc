@@ -53,10 +53,17 @@ TEST_F(ElementwiseOpsArgsTest, RmsNorm) {
   ExpectInvalid(
       CudaRmsNorm(I32({4, 8}), F32({8}), 1e-6f, false, I32({4, 8}), Stream()),
       "x is i32[4, 8], expected f32[?, ?] or bf16");
-  // The activations of one call share a dtype.
+  // The activations of one call share a dtype, except that the plain norm
+  // may narrow f32 to bf16 (not in place).
+  ExpectInvalid(
+      CudaRmsNorm(Bf16({4, 8}), Bf16({8}), 1e-6f, true, F32({4, 8}), Stream()),
+      "out is f32[4, 8], expected bf16[4, 8]");
   ExpectInvalid(
       CudaRmsNorm(F32({4, 8}), Bf16({8}), 1e-6f, true, Bf16({4, 8}), Stream()),
-      "out is bf16[4, 8], expected f32[4, 8]");
+      "narrows x f32[4, 8] in place");
+  ExpectInvalid(CudaRmsNormGated(F32({4, 8}), F32({4, 8}), Bf16({8}), 1e-6f,
+                                 Bf16({4, 8}), Stream()),
+                "out is bf16[4, 8], expected f32[4, 8]");
   TensorView host = F32({4, 8});
   host.device = Device::kCpu;
   ExpectInvalid(

@@ -268,6 +268,39 @@ TEST_P(ElementwiseOpsTest, RmsNorm) {
   }
 }
 
+TEST_P(ElementwiseOpsTest, RmsNormNarrowsF32ToBf16) {
+  const DTypes dt = GetParam();
+  for (const auto& [rows, dim] : Shapes2D()) {
+    for (Layout layout : {Layout::kContiguous, Layout::kPadded}) {
+      SCOPED_TRACE(absl::StrCat(rows, "x", dim, " ", LayoutName(layout)));
+      const HostTensor x = Random({rows, dim}, &rng_, DType::kF32, -2.0f, 2.0f);
+      const HostTensor w = Random({dim}, &rng_, dt.weight, -1.0f, 1.0f);
+      HostTensor want({rows, dim});
+      ASSERT_OK(
+          cpu_->RmsNorm(x.view(), w.view(), kEps, true, want.view(), Stream()));
+      DeviceTensor dx, dw, dout;
+      ASSERT_OK(dx.Init(x, DType::kF32, Pad(layout)));
+      ASSERT_OK(dw.Init(w, dt.weight));
+      ASSERT_OK(
+          dout.Init(HostTensor({rows, dim}, NAN), DType::kBF16, Pad(layout)));
+      ASSERT_OK(
+          CudaRmsNorm(dx.view(), dw.view(), kEps, true, dout.view(), Stream()));
+      ExpectMatches(dout, want, Tolerance(DType::kBF16));
+    }
+  }
+  // Narrowing in place is refused.
+  const HostTensor x = Random({4, 64}, &rng_, DType::kF32, -2.0f, 2.0f);
+  const HostTensor w = Random({64}, &rng_, DType::kF32);
+  DeviceTensor dx, dw;
+  ASSERT_OK(dx.Init(x, DType::kF32, 0));
+  ASSERT_OK(dw.Init(w, DType::kF32));
+  TensorView narrowed = dx.view();
+  narrowed.dtype = DType::kBF16;
+  EXPECT_EQ(
+      CudaRmsNorm(dx.view(), dw.view(), kEps, true, narrowed, Stream()).code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 TEST_P(ElementwiseOpsTest, RmsNormGated) {
   const DTypes dt = GetParam();
   for (const auto& [rows, dim] : Shapes2D()) {

@@ -86,7 +86,7 @@ struct GdrArgs {
 absl::Status LaunchGdrRecurrent(const GdrArgs& args, void* stream);
 
 // Chunked form, chunks of kGdrChunkSize (kernels.h) tokens from each
-// sequence's start. K must be 64 or 128 and V a positive multiple of
+// sequence's start. K must be 32, 64 or 128 and V a positive multiple of
 // kGdrChunkedValueTile. Same return codes as LaunchGdrRecurrent.
 absl::Status LaunchGdrChunked(const GdrArgs& args, void* stream);
 

@@ -364,15 +364,22 @@ absl::Status Launch(const GdrArgs& a, cudaStream_t stream) {
 
 template <typename T>
 absl::Status LaunchTyped(const GdrArgs& a, cudaStream_t stream) {
-  return a.key_dim == 64 ? Launch<T, 64>(a, stream) : Launch<T, 128>(a, stream);
+  switch (a.key_dim) {
+    case 32:
+      return Launch<T, 32>(a, stream);
+    case 64:
+      return Launch<T, 64>(a, stream);
+    default:
+      return Launch<T, 128>(a, stream);
+  }
 }
 
 }  // namespace
 
 absl::Status LaunchGdrChunked(const GdrArgs& args, void* stream) {
   DS_RETURN_IF_ERROR(gdr_internal::CheckCommonArgs(kOp, args));
-  if (args.key_dim != 64 && args.key_dim != 128) {
-    return gdr_internal::Invalid(kOp, "key_dim", args.key_dim, "64 or 128");
+  if (args.key_dim != 32 && args.key_dim != 64 && args.key_dim != 128) {
+    return gdr_internal::Invalid(kOp, "key_dim", args.key_dim, "32, 64 or 128");
   }
   if (args.value_dim % kVT != 0) {
     return gdr_internal::Invalid(kOp, "value_dim", args.value_dim,

@@ -154,10 +154,10 @@ absl::Status CudaGatedDeltaRuleChunked(
   DS_ASSIGN_OR_RETURN(const GdrArgs args,
                       MakeArgs(kOp, q, k, v, g, beta, cu_seqlens, state, slots,
                                scale, l2norm_qk, out));
-  if (args.key_dim != 64 && args.key_dim != 128) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kOp, ": q ", q.DebugString(), " has key dimension ",
-                     args.key_dim, ", the chunked kernel supports 64 or 128"));
+  if (args.key_dim != 32 && args.key_dim != 64 && args.key_dim != 128) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kOp, ": q ", q.DebugString(), " has key dimension ", args.key_dim,
+        ", the chunked kernel supports 32, 64 or 128"));
   }
   if (args.value_dim % kGdrChunkedValueTile != 0) {
     return absl::InvalidArgumentError(absl::StrCat(

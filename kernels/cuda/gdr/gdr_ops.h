@@ -42,7 +42,7 @@ absl::Status CudaGatedDeltaRuleRecurrent(
     bool l2norm_qk, const TensorView& out, Stream stream);
 
 // Chunked (WY/UT) form with chunks of kGdrChunkSize tokens from each
-// sequence's start (the prefill path). K must be 64 or 128 and V a positive
+// sequence's start (the prefill path). K must be 32, 64 or 128 and V a positive
 // multiple of kGdrChunkedValueTile (32); other sizes are INVALID_ARGUMENT.
 absl::Status CudaGatedDeltaRuleChunked(
     const TensorView& q, const TensorView& k, const TensorView& v,

@@ -27,6 +27,8 @@ namespace deltaserve {
 
 // Head dimensions PagedAttention supports.
 inline constexpr int kPagedAttentionHeadDims[] = {64, 128, 256};
+// Other head dimensions up to this run on a simple, slower kernel.
+inline constexpr int kGenericAttentionMaxDim = 256;
 
 // Paged KV pools [P, page_size, Hkv, D] and the page table [B, max_pages].
 struct PagedKv {
@@ -75,7 +77,7 @@ struct PagedAttentionArgs {
   int64_t batch = 0;   // B
   int num_q_heads = 0;
   int num_kv_heads = 0;  // divides num_q_heads
-  int head_dim = 0;      // one of kPagedAttentionHeadDims
+  int head_dim = 0;      // kPagedAttentionHeadDims are tiled; others slow
   int window = 0;        // 0: global
   float scale = 1.0f;
   int64_t q_stride[2] = {0, 0};  // token, head

@@ -200,10 +200,10 @@ absl::Status PagedAttention(const TensorView& q, const TensorView& k_pages,
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": window is ", window, ", expected >= 0"));
   }
-  if (dim != 64 && dim != 128 && dim != 256) {
+  if (dim < 1 || dim > kGenericAttentionMaxDim) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": q ", q.DebugString(), " has head dimension ", dim,
-                     ", supported are 64, 128 and 256"));
+                     ", supported are 1 to ", kGenericAttentionMaxDim));
   }
   DS_ASSIGN_OR_RETURN(const int64_t batch, CheckCuSeqlens(kOp, cu_seqlens));
   PagedAttentionArgs args;

@@ -43,7 +43,8 @@ absl::Status KvAppend(const TensorView& k, const TensorView& v,
                       Stream stream);
 
 // Kernels::PagedAttention. q, the pools and out share one dtype, f32 or
-// bf16 (softmax and accumulation in fp32); D is 64, 128 or 256;
+// bf16 (softmax and accumulation in fp32); D is at most 256 (64, 128 and
+// 256 run tiled, others on a simple kernel);
 // cu_seqlens i32 [B + 1] (contiguous), context_lens i32 [B].
 //
 // Returns OK; INVALID_ARGUMENT naming the argument for a shape, dtype,
