@@ -133,12 +133,24 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   pool_options.max_slots = options.max_running_requests;
   pool_options.page_size = options.kv_page_size;
   pool_options.kv_capacity_tokens = options.kv_capacity_tokens;
+  Kernels* kernels_ptr = engine->kernels_.get();
+  pool_options.memory = kernels_ptr->memory();
+  pool_options.stream = kernels_ptr->stream();
+  // KV pages hold what the attention layers compute: bf16 on a device.
+  pool_options.kv_dtype = kernels_ptr->memory()->device() == Device::kCpu
+                              ? DType::kF32
+                              : DType::kBF16;
   DS_ASSIGN_OR_RETURN(engine->in_->pool,
                       StatePool::Create(model->spec(), pool_options));
   engine->in_->resources = std::make_unique<Resources>(
       engine->in_->pool.get(), model->spec().KvBytesPerToken() > 0);
-  engine->in_->runner = std::make_unique<ModelRunner>(
-      model, engine->kernels_.get(), engine->in_->pool.get());
+  ModelRunner::Options runner_options;
+  runner_options.record_decode = options.record_decode_steps;
+  runner_options.max_recorded_batch = options.max_running_requests;
+  DS_ASSIGN_OR_RETURN(
+      engine->in_->runner,
+      ModelRunner::Create(model, kernels_ptr, engine->in_->pool.get(),
+                          runner_options));
   if (options.state_store != nullptr) {
     engine->fingerprint_ = options.model_fingerprint.empty()
                                ? ModelFingerprint(*model)
@@ -299,6 +311,8 @@ void Engine::Shutdown() {
 }
 
 void Engine::Loop() {
+  // A failure shows again, with its message, in every forward pass.
+  kernels_->BindThread().IgnoreError();
   while (true) {
     bool stop;
     const absl::Time expiry = NextIdleExpiry();
@@ -473,10 +487,15 @@ size_t StopPrefixHoldback(const std::string& text,
 
 }  // namespace
 
-void Engine::HandleSampled(Request* r, const float* logits) {
+void Engine::HandleSampled(Request* r, const float* logits, int32_t greedy) {
   const ModelSpec& spec = model_->spec();
-  const SampleResult s = Sample(absl::MakeConstSpan(logits, spec.vocab_size),
-                                r->req.sampling, r->req.top_logprobs, &r->rng);
+  SampleResult s;
+  if (logits != nullptr) {
+    s = Sample(absl::MakeConstSpan(logits, spec.vocab_size), r->req.sampling,
+               r->req.top_logprobs, &r->rng);
+  } else {
+    s.token = greedy;
+  }
   if (r->num_generated == 0) {
     r->ttft_s = absl::ToDoubleSeconds(clock_->Now() - r->arrival);
   }
@@ -609,7 +628,25 @@ void Engine::Step() {
   ThawIdleSessions();
   int64_t step_tokens = 0;
   if (!in_->inputs.empty()) {
-    absl::Status st = in_->runner->Forward(in_->inputs, false, &in_->logits);
+    // Greedy tokens come from the device; only requests that sample or
+    // report log-probabilities need their logits on the host.
+    in_->logits_rows.clear();
+    std::vector<int> logits_index(in_->members.size(), -1);
+    for (size_t i = 0; i < in_->members.size(); ++i) {
+      const Request* r = in_->members[i];
+      const int64_t n = static_cast<int64_t>(in_->inputs[i].tokens.size());
+      const bool samples =
+          !r->req.append_only && (r->decoding || r->pos + n == r->prompt_len);
+      if (samples &&
+          (r->req.sampling.temperature > 0.0f || r->req.top_logprobs > 0)) {
+        logits_index[i] = static_cast<int>(in_->logits_rows.size());
+        in_->logits_rows.push_back(static_cast<int>(i));
+      }
+    }
+    ForwardRequest fr;
+    fr.logits_rows = &in_->logits_rows;
+    fr.argmax = true;
+    absl::Status st = in_->runner->Forward(in_->inputs, fr, &in_->out);
     if (!st.ok()) {
       for (Request* r : in_->members) {
         r->state_lost = true;
@@ -629,7 +666,12 @@ void Engine::Step() {
           if (r->pos == r->prompt_len) Finish(r, FinishReason::kStop);
         } else if (r->decoding || r->pos == r->prompt_len) {
           r->decoding = true;
-          HandleSampled(r, in_->logits.data() + i * v);
+          HandleSampled(r,
+                        logits_index[i] >= 0
+                            ? in_->out.logits.data() +
+                                  static_cast<int64_t>(logits_index[i]) * v
+                            : nullptr,
+                        in_->out.argmax[i]);
         }
       }
     }

@@ -145,6 +145,9 @@ class Engine {
     int64_t max_prompt_tokens = 32768;
     uint64_t seed = 0;             // picks seeds for requests without one
     const Clock* clock = nullptr;  // RealClock when null
+    // Record decode steps once per batch-size bucket and replay them (CUDA
+    // graphs) where the kernels can record.
+    bool record_decode_steps = true;
 
     // Sessions. Without a store the session calls answer
     // FAILED_PRECONDITION. Not owned; must outlive the engine.
@@ -242,7 +245,9 @@ class Engine {
   void Finish(Request* r, FinishReason reason);
   void Fail(Request* r, const absl::Status& status);
   void Release(Request* r);
-  void HandleSampled(Request* r, const float* logits);
+  // Picks r's next token: from `logits` (one row) when given, else the
+  // greedy token computed on the device.
+  void HandleSampled(Request* r, const float* logits, int32_t greedy);
   bool IsCancelled(const Request& r) const;
   // Sends a request's final event; for a session request first hands its
   // state back to the session and commits it.

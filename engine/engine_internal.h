@@ -136,7 +136,8 @@ struct Engine::Internals {
   std::unique_ptr<Resources> resources;
   std::vector<std::unique_ptr<Request>> owned;  // waiting or running
   uint64_t next_id = 0;
-  std::vector<float> logits;
+  ForwardOutput out;
+  std::vector<int> logits_rows;  // batch rows whose logits the host needs
   std::vector<SequenceInput> inputs;
   std::vector<Request*> members;
   std::atomic<int64_t> session_evictions{0};

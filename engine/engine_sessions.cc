@@ -178,9 +178,12 @@ void Engine::FreeState(Session* s, bool to_host) {
           }
         }
       }
-      SavedSequence saved = pool.Save(s->slot, s->pages, s->meta.num_tokens);
-      if (host_bytes + saved.bytes() <= options_.session_host_cache_bytes) {
-        s->host = std::move(saved);
+      // A failed copy leaves the session on disk only (it is committed).
+      absl::StatusOr<SavedSequence> saved =
+          pool.Save(s->slot, s->pages, s->meta.num_tokens);
+      if (saved.ok() &&
+          host_bytes + saved->bytes() <= options_.session_host_cache_bytes) {
+        s->host = *std::move(saved);
       }
     }
     pool.FreeSlot(s->slot);
@@ -339,10 +342,18 @@ absl::Status Engine::PrepareSessionRequest(Session* s,
 
 void Engine::Preempt(Request* r) {
   StatePool& pool = *in_->pool;
-  SavedSequence saved = pool.Save(r->slot, r->pages, r->pos);
+  absl::StatusOr<SavedSequence> copied = pool.Save(r->slot, r->pages, r->pos);
   pool.FreeSlot(r->slot);
   r->slot = -1;
   pool.FreePages(&r->pages);
+  if (!copied.ok()) {
+    r->state_lost = true;
+    Fail(r, absl::InternalError(absl::StrCat(
+                "copying the state of a preempted request failed: ",
+                copied.status().message())));
+    return;
+  }
+  SavedSequence saved = *std::move(copied);
   Session* s = r->session;
   if (s == nullptr) {
     r->saved = std::move(saved);
@@ -448,6 +459,25 @@ void Engine::EndSession(Request* r, GenerationEvent end) {
   const int64_t history_len = r->history_len();
   const bool changed =
       r->pos != s->meta.num_tokens || history_len != s->meta.history_tokens;
+  // The new state copied off the device, for the commit.
+  // Only KV pages from the last commit's last page on are written (full
+  // pages are immutable), so only those are copied off the device.
+  absl::StatusOr<SavedSequence> device_copy;
+  if (changed && !r->state_lost && r->slot >= 0) {
+    device_copy = pool.Save(
+        r->slot, r->pages, r->pos,
+        s->meta.num_tokens / options_.kv_page_size * options_.kv_page_size);
+    if (!device_copy.ok()) {
+      r->state_lost = true;
+      end.finished = true;
+      if (end.error.ok()) {
+        end.error = absl::InternalError(absl::StrCat(
+            "copying the session's new state failed (it stays at its "
+            "previous snapshot): ",
+            device_copy.status().message()));
+      }
+    }
+  }
   const bool have_state = r->slot >= 0 || r->saved.has_value();
   if (r->state_lost || (changed && !have_state)) {
     // The state is unusable: the session stays at its last commit.
@@ -483,7 +513,7 @@ void Engine::EndSession(Request* r, GenerationEvent end) {
   const int64_t first_page = unchanged / options_.kv_page_size;
   SessionSnapshot snap;
   if (r->slot >= 0) {
-    snap = ToSnapshot(pool.Save(r->slot, r->pages, r->pos), model_->spec(),
+    snap = ToSnapshot(*std::move(device_copy), model_->spec(),
                       options_.kv_page_size, std::move(meta),
                       std::move(history), first_page);
   } else {

@@ -1,7 +1,7 @@
 #include "engine/layers/layers.h"
 
 #include <cmath>
-#include <cstring>
+#include <utility>
 
 #include "kernels/status.h"
 
@@ -25,25 +25,42 @@ enum ScratchId {
   kNumScratch,
 };
 
-TensorView F32(float* p, std::initializer_list<int64_t> shape) {
-  return TensorView::F32(p, shape);
-}
+// Views of activations and of f32 side tensors in the layer's memory.
+struct Views {
+  const LayerContext& ctx;
 
-// Copies columns [col, col + width) of the rows of src[T, cols] into a
-// contiguous dst[T, width].
-void CopyColumns(const float* src, int64_t rows, int64_t cols, int64_t col,
-                 int64_t width, float* dst) {
-  for (int64_t r = 0; r < rows; ++r) {
-    std::memcpy(dst + r * width, src + r * cols + col, width * sizeof(float));
+  TensorView Act(void* p, std::initializer_list<int64_t> shape) const {
+    return TensorView::Contiguous(p, ctx.act, shape, ctx.memory->device());
   }
+  TensorView F32(void* p, std::initializer_list<int64_t> shape) const {
+    return TensorView::Contiguous(p, DType::kF32, shape, ctx.memory->device());
+  }
+  int64_t act_size() const { return DTypeSize(ctx.act); }
+};
+
+// Copies columns [col, col + width) of the rows of src[rows, cols] into a
+// contiguous dst[rows, width] (activations).
+absl::Status CopyColumns(const LayerContext& ctx, const void* src, int64_t rows,
+                         int64_t cols, int64_t col, int64_t width, void* dst) {
+  const int64_t es = DTypeSize(ctx.act);
+  return ctx.memory->Copy2D(dst, width * es,
+                            static_cast<const char*>(src) + col * es, cols * es,
+                            width * es, rows, ctx.stream);
 }
 
 }  // namespace
 
-float* Scratch::Get(int id, int64_t n) {
+absl::StatusOr<void*> Scratch::Get(int id, int64_t bytes) {
   if (static_cast<int>(buffers_.size()) <= id) buffers_.resize(id + 1);
-  if (static_cast<int64_t>(buffers_[id].size()) < n) buffers_[id].resize(n);
-  return buffers_[id].data();
+  Buffer& b = buffers_[id];
+  if (b.bytes() < bytes) {
+    if (!b.empty()) {
+      DS_RETURN_IF_ERROR(kernels_->Synchronize(kernels_->stream()));
+    }
+    DS_RETURN_IF_ERROR(EnsureBuffer(kernels_->memory(), bytes, &b));
+    ++generation_;
+  }
+  return b.data();
 }
 
 absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
@@ -53,26 +70,32 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
                                    const TensorView& conv_state,
                                    const TensorView& x, const TensorView& out) {
   Kernels& k = *ctx.kernels;
+  const Views vw{ctx};
+  const int64_t es = vw.act_size();
   const BatchLayout& b = *ctx.batch;
   const int64_t t = b.num_tokens;
   const int64_t c = spec.conv_dim();
   const int64_t kd = spec.key_dim(), vd = spec.value_dim();
   const int64_t hv = spec.num_v_heads, hk = spec.num_k_heads;
-  float* qkv = ctx.scratch->Get(kQkv, t * c);
-  float* z = ctx.scratch->Get(kZ, t * vd);
-  float* a = ctx.scratch->Get(kA, t * hv);
-  float* bb = ctx.scratch->Get(kB, t * hv);
-  float* g = ctx.scratch->Get(kG, t * hv);
-  float* beta = ctx.scratch->Get(kBeta, t * hv);
+  Scratch& sc = *ctx.scratch;
+  DS_ASSIGN_OR_RETURN(void* qkv, sc.Get(kQkv, t * c * es));
+  DS_ASSIGN_OR_RETURN(void* z, sc.Get(kZ, t * vd * es));
+  // The gates' inputs and outputs stay f32 (the decay is sensitive).
+  DS_ASSIGN_OR_RETURN(void* a, sc.Get(kA, t * hv * 4));
+  DS_ASSIGN_OR_RETURN(void* bb, sc.Get(kB, t * hv * 4));
+  DS_ASSIGN_OR_RETURN(void* g, sc.Get(kG, t * hv * 4));
+  DS_ASSIGN_OR_RETURN(void* beta, sc.Get(kBeta, t * hv * 4));
+  const TensorView qkv_view = vw.Act(qkv, {t, c});
   DS_RETURN_IF_ERROR(
-      k.Gemm(x, w.in_proj_qkv.view(), F32(qkv, {t, c}), false, ctx.stream));
+      k.Gemm(x, w.in_proj_qkv.view(), qkv_view, false, ctx.stream));
+  if (spec.output_gate) {  // z gates the output norm only
+    DS_RETURN_IF_ERROR(
+        k.Gemm(x, w.in_proj_z.view(), vw.Act(z, {t, vd}), false, ctx.stream));
+  }
   DS_RETURN_IF_ERROR(
-      k.Gemm(x, w.in_proj_z.view(), F32(z, {t, vd}), false, ctx.stream));
+      k.Gemm(x, w.in_proj_b.view(), vw.F32(bb, {t, hv}), false, ctx.stream));
   DS_RETURN_IF_ERROR(
-      k.Gemm(x, w.in_proj_b.view(), F32(bb, {t, hv}), false, ctx.stream));
-  DS_RETURN_IF_ERROR(
-      k.Gemm(x, w.in_proj_a.view(), F32(a, {t, hv}), false, ctx.stream));
-  const TensorView qkv_view = F32(qkv, {t, c});
+      k.Gemm(x, w.in_proj_a.view(), vw.F32(a, {t, hv}), false, ctx.stream));
   if (b.decode) {
     DS_RETURN_IF_ERROR(k.CausalConv1dUpdate(qkv_view, w.conv.view(), conv_state,
                                             b.slots, /*silu=*/true, qkv_view,
@@ -82,42 +105,43 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
                                       conv_state, b.slots, /*silu=*/true,
                                       qkv_view, ctx.stream));
   }
-  float* q = ctx.scratch->Get(kQ, t * kd);
-  float* kk = ctx.scratch->Get(kK, t * kd);
-  float* v = ctx.scratch->Get(kV, t * vd);
-  CopyColumns(qkv, t, c, 0, kd, q);
-  CopyColumns(qkv, t, c, kd, kd, kk);
-  CopyColumns(qkv, t, c, 2 * kd, vd, v);
+  DS_ASSIGN_OR_RETURN(void* q, sc.Get(kQ, t * kd * es));
+  DS_ASSIGN_OR_RETURN(void* kk, sc.Get(kK, t * kd * es));
+  DS_ASSIGN_OR_RETURN(void* v, sc.Get(kV, t * vd * es));
+  DS_RETURN_IF_ERROR(CopyColumns(ctx, qkv, t, c, 0, kd, q));
+  DS_RETURN_IF_ERROR(CopyColumns(ctx, qkv, t, c, kd, kd, kk));
+  DS_RETURN_IF_ERROR(CopyColumns(ctx, qkv, t, c, 2 * kd, vd, v));
   TensorView g_view;
-  if (spec.use_decay) g_view = F32(g, {t, hv});
+  if (spec.use_decay) g_view = vw.F32(g, {t, hv});
   DS_RETURN_IF_ERROR(k.GdnGates(
-      F32(a, {t, hv}), F32(bb, {t, hv}), w.a_log.view(), w.dt_bias.view(),
-      F32(g, {t, hv}), F32(beta, {t, hv}), ctx.stream));
-  float* core = ctx.scratch->Get(kCore, t * vd);
-  const TensorView qv = F32(q, {t, hk, spec.head_k_dim});
-  const TensorView kv = F32(kk, {t, hk, spec.head_k_dim});
-  const TensorView vv = F32(v, {t, hv, spec.head_v_dim});
-  const TensorView ov = F32(core, {t, hv, spec.head_v_dim});
+      vw.F32(a, {t, hv}), vw.F32(bb, {t, hv}), w.a_log.view(), w.dt_bias.view(),
+      vw.F32(g, {t, hv}), vw.F32(beta, {t, hv}), ctx.stream));
+  DS_ASSIGN_OR_RETURN(void* core, sc.Get(kCore, t * vd * es));
+  const TensorView qv = vw.Act(q, {t, hk, spec.head_k_dim});
+  const TensorView kv = vw.Act(kk, {t, hk, spec.head_k_dim});
+  const TensorView vv = vw.Act(v, {t, hv, spec.head_v_dim});
+  const TensorView ov = vw.Act(core, {t, hv, spec.head_v_dim});
   const float scale = 1.0f / std::sqrt(static_cast<float>(spec.head_k_dim));
   if (b.decode) {
     DS_RETURN_IF_ERROR(k.GatedDeltaRuleRecurrent(
-        qv, kv, vv, g_view, F32(beta, {t, hv}), b.cu_seqlens, state, b.slots,
+        qv, kv, vv, g_view, vw.F32(beta, {t, hv}), b.cu_seqlens, state, b.slots,
         scale, /*l2norm_qk=*/true, ov, ctx.stream));
   } else {
     DS_RETURN_IF_ERROR(k.GatedDeltaRuleChunked(
-        qv, kv, vv, g_view, F32(beta, {t, hv}), b.cu_seqlens, state, b.slots,
+        qv, kv, vv, g_view, vw.F32(beta, {t, hv}), b.cu_seqlens, state, b.slots,
         scale, /*l2norm_qk=*/true, ov, ctx.stream));
   }
-  const TensorView rows = F32(core, {t * hv, spec.head_v_dim});
+  const TensorView rows = vw.Act(core, {t * hv, spec.head_v_dim});
   if (spec.output_gate) {
-    DS_RETURN_IF_ERROR(k.RmsNormGated(rows, F32(z, {t * hv, spec.head_v_dim}),
-                                      w.norm.view(), ctx.rms_norm_eps, rows,
-                                      ctx.stream));
+    DS_RETURN_IF_ERROR(
+        k.RmsNormGated(rows, vw.Act(z, {t * hv, spec.head_v_dim}),
+                       w.norm.view(), ctx.rms_norm_eps, rows, ctx.stream));
   } else {
     DS_RETURN_IF_ERROR(k.RmsNorm(rows, w.norm.view(), ctx.rms_norm_eps,
                                  /*zero_centered=*/false, rows, ctx.stream));
   }
-  return k.Gemm(F32(core, {t, vd}), w.out_proj.view(), out, false, ctx.stream);
+  return k.Gemm(vw.Act(core, {t, vd}), w.out_proj.view(), out, false,
+                ctx.stream);
 }
 
 absl::Status AttentionForward(const LayerContext& ctx,
@@ -127,41 +151,42 @@ absl::Status AttentionForward(const LayerContext& ctx,
                               const TensorView& v_pages, const TensorView& x,
                               const TensorView& out) {
   Kernels& k = *ctx.kernels;
+  const Views vw{ctx};
+  const int64_t es = vw.act_size();
   const BatchLayout& b = *ctx.batch;
   const int64_t t = b.num_tokens;
   const int64_t h = spec.num_heads, hkv = spec.num_kv_heads, hd = spec.head_dim;
   const int64_t qd = h * hd, kvd = hkv * hd;
-  float* q = ctx.scratch->Get(kQ, t * qd);
-  float* gate = ctx.scratch->Get(kGate, t * qd);
-  float* kk = ctx.scratch->Get(kK, t * kvd);
-  float* v = ctx.scratch->Get(kV, t * kvd);
+  Scratch& sc = *ctx.scratch;
+  DS_ASSIGN_OR_RETURN(void* q, sc.Get(kQ, t * qd * es));
+  DS_ASSIGN_OR_RETURN(void* gate, sc.Get(kGate, t * qd * es));
+  DS_ASSIGN_OR_RETURN(void* kk, sc.Get(kK, t * kvd * es));
+  DS_ASSIGN_OR_RETURN(void* v, sc.Get(kV, t * kvd * es));
   if (spec.output_gate) {
     // q_proj yields, per head, the query followed by its output gate.
-    float* qg = ctx.scratch->Get(kQkv, t * 2 * qd);
+    DS_ASSIGN_OR_RETURN(void* qg, sc.Get(kQkv, t * 2 * qd * es));
     DS_RETURN_IF_ERROR(
-        k.Gemm(x, w.q_proj.view(), F32(qg, {t, 2 * qd}), false, ctx.stream));
-    for (int64_t r = 0; r < t * h; ++r) {
-      std::memcpy(q + r * hd, qg + r * 2 * hd, hd * sizeof(float));
-      std::memcpy(gate + r * hd, qg + r * 2 * hd + hd, hd * sizeof(float));
-    }
+        k.Gemm(x, w.q_proj.view(), vw.Act(qg, {t, 2 * qd}), false, ctx.stream));
+    DS_RETURN_IF_ERROR(CopyColumns(ctx, qg, t * h, 2 * hd, 0, hd, q));
+    DS_RETURN_IF_ERROR(CopyColumns(ctx, qg, t * h, 2 * hd, hd, hd, gate));
   } else {
     DS_RETURN_IF_ERROR(
-        k.Gemm(x, w.q_proj.view(), F32(q, {t, qd}), false, ctx.stream));
+        k.Gemm(x, w.q_proj.view(), vw.Act(q, {t, qd}), false, ctx.stream));
   }
   DS_RETURN_IF_ERROR(
-      k.Gemm(x, w.k_proj.view(), F32(kk, {t, kvd}), false, ctx.stream));
+      k.Gemm(x, w.k_proj.view(), vw.Act(kk, {t, kvd}), false, ctx.stream));
   DS_RETURN_IF_ERROR(
-      k.Gemm(x, w.v_proj.view(), F32(v, {t, kvd}), false, ctx.stream));
+      k.Gemm(x, w.v_proj.view(), vw.Act(v, {t, kvd}), false, ctx.stream));
   if (spec.qk_norm) {
-    DS_RETURN_IF_ERROR(k.RmsNorm(F32(q, {t * h, hd}), w.q_norm.view(),
+    DS_RETURN_IF_ERROR(k.RmsNorm(vw.Act(q, {t * h, hd}), w.q_norm.view(),
                                  ctx.rms_norm_eps, ctx.norm_zero_centered,
-                                 F32(q, {t * h, hd}), ctx.stream));
-    DS_RETURN_IF_ERROR(k.RmsNorm(F32(kk, {t * hkv, hd}), w.k_norm.view(),
+                                 vw.Act(q, {t * h, hd}), ctx.stream));
+    DS_RETURN_IF_ERROR(k.RmsNorm(vw.Act(kk, {t * hkv, hd}), w.k_norm.view(),
                                  ctx.rms_norm_eps, ctx.norm_zero_centered,
-                                 F32(kk, {t * hkv, hd}), ctx.stream));
+                                 vw.Act(kk, {t * hkv, hd}), ctx.stream));
   }
-  const TensorView qv = F32(q, {t, h, hd});
-  const TensorView kv = F32(kk, {t, hkv, hd});
+  const TensorView qv = vw.Act(q, {t, h, hd});
+  const TensorView kv = vw.Act(kk, {t, hkv, hd});
   if (spec.rotary_dim > 0) {
     DS_RETURN_IF_ERROR(
         k.Rope(qv, b.positions, spec.rotary_dim, spec.rope_theta, ctx.stream));
@@ -170,33 +195,35 @@ absl::Status AttentionForward(const LayerContext& ctx,
   }
   const TensorView& pages =
       spec.window > 0 ? b.window_page_table : b.page_table;
-  DS_RETURN_IF_ERROR(k.KvAppend(kv, F32(v, {t, hkv, hd}), k_pages, v_pages,
+  DS_RETURN_IF_ERROR(k.KvAppend(kv, vw.Act(v, {t, hkv, hd}), k_pages, v_pages,
                                 pages, b.cu_seqlens, b.start_pos, ctx.stream));
-  float* o = ctx.scratch->Get(kCore, t * qd);
+  DS_ASSIGN_OR_RETURN(void* o, sc.Get(kCore, t * qd * es));
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   DS_RETURN_IF_ERROR(k.PagedAttention(qv, k_pages, v_pages, pages, b.cu_seqlens,
                                       b.context_lens, spec.window, scale,
-                                      F32(o, {t, h, hd}), ctx.stream));
+                                      vw.Act(o, {t, h, hd}), ctx.stream));
   if (spec.output_gate) {
-    DS_RETURN_IF_ERROR(k.SigmoidGate(F32(o, {t, qd}), F32(gate, {t, qd}),
-                                     F32(o, {t, qd}), ctx.stream));
+    DS_RETURN_IF_ERROR(k.SigmoidGate(vw.Act(o, {t, qd}), vw.Act(gate, {t, qd}),
+                                     vw.Act(o, {t, qd}), ctx.stream));
   }
-  return k.Gemm(F32(o, {t, qd}), w.o_proj.view(), out, false, ctx.stream);
+  return k.Gemm(vw.Act(o, {t, qd}), w.o_proj.view(), out, false, ctx.stream);
 }
 
 absl::Status SwiGluMlpForward(const LayerContext& ctx, int intermediate_size,
                               const BlockWeights& w, const TensorView& x,
                               const TensorView& out) {
   Kernels& k = *ctx.kernels;
+  const Views vw{ctx};
   const int64_t t = ctx.batch->num_tokens;
   const int64_t i = intermediate_size;
-  float* gate = ctx.scratch->Get(kGate, t * i);
-  float* up = ctx.scratch->Get(kUp, t * i);
-  const TensorView gv = F32(gate, {t, i});
+  DS_ASSIGN_OR_RETURN(void* gate,
+                      ctx.scratch->Get(kGate, t * i * vw.act_size()));
+  DS_ASSIGN_OR_RETURN(void* up, ctx.scratch->Get(kUp, t * i * vw.act_size()));
+  const TensorView gv = vw.Act(gate, {t, i});
+  const TensorView uv = vw.Act(up, {t, i});
   DS_RETURN_IF_ERROR(k.Gemm(x, w.gate_proj.view(), gv, false, ctx.stream));
-  DS_RETURN_IF_ERROR(
-      k.Gemm(x, w.up_proj.view(), F32(up, {t, i}), false, ctx.stream));
-  DS_RETURN_IF_ERROR(k.SwiGlu(gv, F32(up, {t, i}), gv, ctx.stream));
+  DS_RETURN_IF_ERROR(k.Gemm(x, w.up_proj.view(), uv, false, ctx.stream));
+  DS_RETURN_IF_ERROR(k.SwiGlu(gv, uv, gv, ctx.stream));
   return k.Gemm(gv, w.down_proj.view(), out, false, ctx.stream);
 }
 

@@ -12,31 +12,43 @@
 #include "engine/model/model_spec.h"
 #include "engine/model/weights.h"
 #include "kernels/kernels.h"
+#include "kernels/memory.h"
 
 namespace deltaserve {
 
-// Scratch memory reused across layers and steps; grows as needed.
+// Scratch memory in the kernels' memory, reused across layers and steps;
+// grows as needed. Owned by one ModelRunner; not thread-safe.
 class Scratch {
  public:
-  // A buffer of at least n floats for use `id` (distinct ids never alias).
-  float* Get(int id, int64_t n);
+  explicit Scratch(Kernels* kernels) : kernels_(kernels) {}
+
+  // A buffer of at least `bytes` for use `id` (distinct ids never alias).
+  // Growing one first waits for the kernels' stream (queued work may still
+  // use the old one) and changes generation(). RESOURCE_EXHAUSTED when the
+  // memory is full.
+  absl::StatusOr<void*> Get(int id, int64_t bytes);
+  // Changes whenever a buffer moves (recorded work must be recorded anew).
+  int64_t generation() const { return generation_; }
 
  private:
-  std::vector<std::vector<float>> buffers_;
+  Kernels* kernels_;
+  std::vector<Buffer> buffers_;
+  int64_t generation_ = 0;
 };
 
-// The batch layout every layer sees (host arrays for the CPU kernels).
+// The batch layout every layer sees (index tensors in the kernels' memory).
 struct BatchLayout {
-  int64_t num_tokens = 0;   // T
-  int num_seqs = 0;         // B
-  bool decode = false;      // every sequence has exactly one new token
-  TensorView positions;     // i32 [T]
-  TensorView cu_seqlens;    // i32 [B + 1]
-  TensorView slots;         // i32 [B]
+  int64_t num_tokens = 0;        // T
+  int num_seqs = 0;              // B
+  bool decode = false;           // every sequence has exactly one new token
+  TensorView ids;                // i32 [T]
+  TensorView positions;          // i32 [T]
+  TensorView cu_seqlens;         // i32 [B + 1]
+  TensorView slots;              // i32 [B]
   TensorView page_table;         // i32 [B, pages]: global attention
   TensorView window_page_table;  // i32 [B, pages]: sliding-window attention
-  TensorView start_pos;     // i32 [B]
-  TensorView context_lens;  // i32 [B]
+  TensorView start_pos;          // i32 [B]
+  TensorView context_lens;       // i32 [B]
 };
 
 // Everything a layer call needs besides its input and output.
@@ -45,9 +57,16 @@ struct LayerContext {
   Stream stream;
   Scratch* scratch = nullptr;
   const BatchLayout* batch = nullptr;
+  // Activations' element type (f32 on the CPU, bf16 on the GPU) and where
+  // they live.
+  DType act = DType::kF32;
+  DeviceMemory* memory = nullptr;
   float rms_norm_eps = 1e-6f;
   bool norm_zero_centered = true;
 };
+
+// Every function below returns what the kernels return, and
+// RESOURCE_EXHAUSTED when scratch memory cannot grow.
 
 // out[T, D] = gated-delta-rule mixer(x[T, D]); reads and updates the
 // sequences' recurrent state and conv tails in `state` / `conv_state`.

@@ -1,5 +1,9 @@
 #include "engine/model/weights.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/status.h"
@@ -104,15 +108,99 @@ absl::StatusOr<ModelWeights> LoadQwenHybrid(const ModelSpec& spec,
   return w;
 }
 
-int64_t Count(const Weight& w) { return static_cast<int64_t>(w.data.size()); }
+int64_t Count(const Weight& w) { return w.numel(); }
+
+// Every weight of a block, for walking them all.
+std::vector<Weight*> BlockWeightList(BlockWeights& b) {
+  return {&b.input_norm,       &b.post_norm,        &b.gate_proj,
+          &b.up_proj,          &b.down_proj,        &b.gdr.in_proj_qkv,
+          &b.gdr.in_proj_z,    &b.gdr.in_proj_b,    &b.gdr.in_proj_a,
+          &b.gdr.conv,         &b.gdr.a_log,        &b.gdr.dt_bias,
+          &b.gdr.norm,         &b.gdr.out_proj,     &b.attention.q_proj,
+          &b.attention.k_proj, &b.attention.v_proj, &b.attention.o_proj,
+          &b.attention.q_norm, &b.attention.k_norm};
+}
+
+// Copies one weight into `memory` as `dtype`.
+absl::Status Upload(const Weight& host, DeviceMemory* memory, DType dtype,
+                    Stream stream, Weight* out) {
+  out->shape = host.shape;
+  out->data.clear();
+  out->device.reset();
+  if (host.data.empty()) return absl::OkStatus();
+  const int64_t n = static_cast<int64_t>(host.data.size());
+  DS_ASSIGN_OR_RETURN(Buffer b, Buffer::Allocate(memory, n * DTypeSize(dtype)));
+  if (dtype == DType::kBF16) {
+    // Converted in pieces to bound the host staging memory.
+    constexpr int64_t kPiece = int64_t{1} << 22;
+    std::vector<uint16_t> staging(std::min(n, kPiece));
+    for (int64_t i = 0; i < n; i += kPiece) {
+      const int64_t m = std::min(kPiece, n - i);
+      for (int64_t j = 0; j < m; ++j) staging[j] = F32ToBf16(host.data[i + j]);
+      DS_RETURN_IF_ERROR(memory->Copy(static_cast<uint16_t*>(b.data()) + i,
+                                      staging.data(), m * 2, stream));
+    }
+  } else {
+    DS_RETURN_IF_ERROR(memory->Copy(b.data(), host.data.data(), n * 4, stream));
+  }
+  out->device = std::make_shared<Buffer>(std::move(b));
+  out->device_dtype = dtype;
+  return absl::OkStatus();
+}
 
 }  // namespace
 
+int64_t Weight::numel() const {
+  if (!data.empty()) return static_cast<int64_t>(data.size());
+  if (device == nullptr) return 0;
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
 TensorView Weight::view() const {
+  const int64_t n = numel();
+  if (device != nullptr) {
+    if (shape.size() == 1) {
+      return device->View(device_dtype, {shape[0]});
+    }
+    const int64_t cols = shape.back();
+    return device->View(device_dtype, {n / cols, cols});
+  }
   float* p = const_cast<float*>(data.data());
   if (shape.size() == 1) return TensorView::F32(p, {shape[0]});
   int64_t cols = shape.back();
-  return TensorView::F32(p, {static_cast<int64_t>(data.size()) / cols, cols});
+  return TensorView::F32(p, {n / cols, cols});
+}
+
+absl::StatusOr<ModelWeights> UploadWeights(const ModelWeights& host,
+                                           DeviceMemory* memory,
+                                           DType matrix_dtype, Stream stream) {
+  if (matrix_dtype != DType::kF32 && matrix_dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weights cannot be uploaded as ", DTypeName(matrix_dtype)));
+  }
+  ModelWeights out;
+  DS_RETURN_IF_ERROR(
+      Upload(host.embed, memory, matrix_dtype, stream, &out.embed));
+  DS_RETURN_IF_ERROR(
+      Upload(host.final_norm, memory, DType::kF32, stream, &out.final_norm));
+  DS_RETURN_IF_ERROR(
+      Upload(host.lm_head, memory, matrix_dtype, stream, &out.lm_head));
+  out.blocks.resize(host.blocks.size());
+  for (size_t i = 0; i < host.blocks.size(); ++i) {
+    BlockWeights& hb = const_cast<BlockWeights&>(host.blocks[i]);
+    const std::vector<Weight*> from = BlockWeightList(hb);
+    const std::vector<Weight*> to = BlockWeightList(out.blocks[i]);
+    for (size_t j = 0; j < from.size(); ++j) {
+      // Matrices feed GEMMs; vectors and the conv taps stay f32.
+      const bool matrix = from[j]->shape.size() == 2 && from[j] != &hb.gdr.conv;
+      DS_RETURN_IF_ERROR(Upload(*from[j], memory,
+                                matrix ? matrix_dtype : DType::kF32, stream,
+                                to[j]));
+    }
+  }
+  return out;
 }
 
 int64_t ModelWeights::NumParameters() const {

@@ -8,23 +8,31 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/model/model_spec.h"
 #include "engine/model/safetensors.h"
+#include "kernels/kernels.h"
+#include "kernels/memory.h"
 #include "kernels/tensor.h"
 
 namespace deltaserve {
 
-// One fp32 tensor owned by the model.
+// One tensor owned by the model: fp32 in host memory, or (after
+// UploadWeights) a copy in a kernel implementation's memory.
 struct Weight {
-  std::vector<float> data;
+  std::vector<float> data;  // host fp32; empty for a device copy
   std::vector<int64_t> shape;
+  std::shared_ptr<Buffer> device;  // the device copy, when there is one
+  DType device_dtype = DType::kF32;
 
-  bool empty() const { return data.empty(); }
-  // A contiguous view (1-D or 2-D; higher ranks are flattened to 2-D).
+  bool empty() const { return data.empty() && device == nullptr; }
+  int64_t numel() const;
+  // A contiguous view (1-D or 2-D; higher ranks are flattened to 2-D) of
+  // the device copy when there is one, else of the host data.
   TensorView view() const;
 };
 
@@ -69,6 +77,14 @@ struct ModelWeights {
 
   int64_t NumParameters() const;
 };
+
+// Copies every weight of `host` into `memory` (waiting for the copies):
+// matrices (projections, embedding, LM head) as `matrix_dtype` (f32 or
+// bf16), vectors and the conv weights as f32. RESOURCE_EXHAUSTED when the
+// memory is full; INTERNAL when a copy fails.
+absl::StatusOr<ModelWeights> UploadWeights(const ModelWeights& host,
+                                           DeviceMemory* memory,
+                                           DType matrix_dtype, Stream stream);
 
 // Loads the weights `spec` needs from `ckpt`. INVALID_ARGUMENT naming the
 // tensor when one is missing or has the wrong shape.

@@ -69,8 +69,10 @@ class Harness {
     auto pool = StatePool::Create(model_->spec(), po);
     EXPECT_TRUE(pool.ok());
     pool_ = std::move(*pool);
-    runner_ = std::make_unique<ModelRunner>(model_.get(), kernels_.get(),
-                                            pool_.get());
+    auto runner =
+        ModelRunner::Create(model_.get(), kernels_.get(), pool_.get());
+    EXPECT_TRUE(runner.ok()) << runner.status();
+    runner_ = std::move(*runner);
   }
 
   static std::unique_ptr<Model> LoadOrDie(const std::string& dir) {
@@ -276,7 +278,7 @@ TEST_F(Qwen35TinyTest, SaveAndRestoreContinueExactly) {
     Harness::Seq a = h.NewSeq();
     h.Feed(&a, head, 64);
     // Save a, restore it as b in a fresh slot and pages, continue both.
-    SavedSequence saved = h.pool().Save(a.slot, a.pages, a.pos);
+    SavedSequence saved = *h.pool().Save(a.slot, a.pages, a.pos);
     Harness::Seq b = h.NewSeq();
     ASSERT_TRUE(h.pool().RestoreCapacity(&b.pages, a.pos).ok());
     ASSERT_TRUE(h.pool().Restore(saved, b.slot, b.pages).ok());

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/state_store/crc32c.h"
+#include "kernels/status.h"
 
 namespace deltaserve {
 namespace {
@@ -149,6 +150,9 @@ SessionSnapshot SnapshotOf(const SavedSequence& saved,
     if (snap.meta.layers[l].recurrent_floats == 0) snap.recurrent[l].clear();
   }
   if (!has_kv) return snap;
+  // A partial copy holds only the pages the snapshot writes.
+  DS_CHECK(std::max(snap.meta.first_kv_page, first_page) * page_size >=
+           saved.kv_first);
   const int64_t pages = (saved.num_tokens + page_size - 1) / page_size;
   for (int64_t p = std::max(snap.meta.first_kv_page, first_page); p < pages;
        ++p) {
@@ -163,6 +167,9 @@ SessionSnapshot SnapshotOf(const SavedSequence& saved,
       if (row == 0) continue;
       const int64_t from = IsWindowed(spec.blocks[l]) ? saved.window_from : 0;
       if (end <= from) continue;  // the window moved past this page
+      // What the copy holds starts at `held` (a partial copy starts at
+      // kv_first, which the caller puts at or before first_page).
+      const int64_t held = std::max(from, saved.kv_first);
       // A windowed layer keeps positions from `from`; the page's earlier
       // positions are not stored for it, so store whole pages only from the
       // page holding `from` and pad its head with zeros.
@@ -172,10 +179,10 @@ SessionSnapshot SnapshotOf(const SavedSequence& saved,
       k.assign((end - begin) * row, 0.f);
       v.assign((end - begin) * row, 0.f);
       std::memcpy(k.data() + (lo - begin) * row,
-                  saved.keys[l].data() + (lo - from) * row,
+                  saved.keys[l].data() + (lo - held) * row,
                   (end - lo) * row * sizeof(float));
       std::memcpy(v.data() + (lo - begin) * row,
-                  saved.values[l].data() + (lo - from) * row,
+                  saved.values[l].data() + (lo - held) * row,
                   (end - lo) * row * sizeof(float));
     }
     snap.kv_pages.push_back(std::move(page));

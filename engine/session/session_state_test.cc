@@ -40,7 +40,8 @@ class Worker {
     po.page_size = kPageSize;
     po.kv_capacity_tokens = 2048;
     pool_ = std::move(*StatePool::Create(model->spec(), po));
-    runner_ = std::make_unique<ModelRunner>(model, kernels_.get(), pool_.get());
+    runner_ =
+        std::move(*ModelRunner::Create(model, kernels_.get(), pool_.get()));
     slot_ = *pool_->AllocateSlot();
   }
 
@@ -66,7 +67,12 @@ class Worker {
     return out;
   }
 
-  SavedSequence Save() const { return pool_->Save(slot_, pages_, pos_); }
+  SavedSequence Save(int64_t kv_first = 0) const {
+    return *pool_->Save(slot_, pages_, pos_, kv_first);
+  }
+  StatePool& pool() { return *pool_; }
+  int slot() const { return slot_; }
+  const SeqPages& pages() const { return pages_; }
 
   void Restore(const SavedSequence& saved) {
     pool_->FreePages(&pages_);
@@ -225,6 +231,18 @@ TEST(SessionStateTest, MovedAndPartialSnapshotsAgreeWithCopies) {
       EXPECT_EQ(partial.kv_pages.front().page_index,
                 std::max(first_page, copied.meta.first_kv_page));
       EXPECT_EQ(partial.kv_pages.back(), copied.kv_pages.back());
+      // A copy of only the pages the commit writes gives the same snapshot.
+      const SavedSequence part = w.Save(first_page * kPageSize);
+      EXPECT_EQ(part.kv_first, first_page * kPageSize);
+      EXPECT_LE(part.bytes(), saved.bytes());
+      EXPECT_EQ(ToSnapshot(part, model->spec(), kPageSize, Meta(*model), tokens,
+                           first_page),
+                partial);
+      // It cannot be restored.
+      if (first_page > 0) {
+        EXPECT_EQ(w.pool().Restore(part, w.slot(), w.pages()).code(),
+                  absl::StatusCode::kInvalidArgument);
+      }
       ASSERT_TRUE(store.Commit(partial, first_len).ok());
 
       auto snap = store.Load(kSessionId);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/status.h"
 
 namespace deltaserve {
 
@@ -14,25 +15,40 @@ absl::StatusOr<std::unique_ptr<StatePool>> StatePool::Create(
         "state pool sizes (max_slots, page_size, kv_capacity_tokens) must be "
         "positive");
   }
+  if (options.kv_dtype != DType::kF32 && options.kv_dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV pages must be f32 or bf16, not ", DTypeName(options.kv_dtype)));
+  }
   auto pool = std::unique_ptr<StatePool>(new StatePool());
   pool->options_ = options;
+  pool->memory_ = options.memory != nullptr ? options.memory : HostMemory();
+  DeviceMemory* mem = pool->memory_;
+  const Device dev = mem->device();
   pool->num_pages_ =
       (options.kv_capacity_tokens + options.page_size - 1) / options.page_size;
-  const int64_t slots = options.max_slots;
+  // One more slot and page than handed out: the padding ones.
+  const int64_t slots = options.max_slots + 1;
+  const int64_t pages = pool->num_pages_ + 1;
+  auto zeroed = [&](int64_t bytes, Buffer* b) -> absl::Status {
+    DS_ASSIGN_OR_RETURN(*b, Buffer::Allocate(mem, bytes));
+    return mem->Zero(b->data(), bytes, options.stream);
+  };
   pool->layers_.resize(spec.blocks.size());
   for (size_t i = 0; i < spec.blocks.size(); ++i) {
     const BlockSpec& b = spec.blocks[i];
     LayerPools& l = pool->layers_[i];
     if (b.mixer == MixerKind::kGatedDeltaRule) {
       const GatedDeltaRuleSpec& g = b.gdr;
-      l.gdr_state.assign(slots * g.num_v_heads * g.head_k_dim * g.head_v_dim,
-                         0.f);
-      l.gdr_view =
-          TensorView::F32(l.gdr_state.data(),
-                          {slots, g.num_v_heads, g.head_k_dim, g.head_v_dim});
-      l.conv_state.assign(slots * g.conv_dim() * (g.conv_kernel - 1), 0.f);
-      l.conv_view = TensorView::F32(l.conv_state.data(),
-                                    {slots, g.conv_dim(), g.conv_kernel - 1});
+      l.state_per_slot = int64_t{g.num_v_heads} * g.head_k_dim * g.head_v_dim;
+      l.conv_per_slot = g.conv_dim() * (g.conv_kernel - 1);
+      DS_RETURN_IF_ERROR(zeroed(slots * l.state_per_slot * 4, &l.gdr_state));
+      DS_RETURN_IF_ERROR(zeroed(slots * l.conv_per_slot * 4, &l.conv_state));
+      l.gdr_view = TensorView::Contiguous(
+          l.gdr_state.data(), DType::kF32,
+          {slots, g.num_v_heads, g.head_k_dim, g.head_v_dim}, dev);
+      l.conv_view =
+          TensorView::Contiguous(l.conv_state.data(), DType::kF32,
+                                 {slots, g.conv_dim(), g.conv_kernel - 1}, dev);
     } else if (b.mixer == MixerKind::kGlobalAttention ||
                b.mixer == MixerKind::kSlidingWindowAttention) {
       const AttentionSpec& a = b.attention;
@@ -45,18 +61,19 @@ absl::StatusOr<std::unique_ptr<StatePool>> StatePool::Create(
             "sliding-window layers with different windows (", pool->window_,
             " and ", a.window, ") are not supported"));
       }
-      const int64_t n =
-          pool->num_pages_ * options.page_size * a.num_kv_heads * a.head_dim;
+      l.kv_row = int64_t{a.num_kv_heads} * a.head_dim;
+      const int64_t bytes =
+          pages * options.page_size * l.kv_row * DTypeSize(options.kv_dtype);
       l.windowed =
           b.mixer == MixerKind::kSlidingWindowAttention && a.window > 0;
-      l.k_pages.assign(n, 0.f);
-      l.v_pages.assign(n, 0.f);
-      l.k_view = TensorView::F32(
-          l.k_pages.data(),
-          {pool->num_pages_, options.page_size, a.num_kv_heads, a.head_dim});
-      l.v_view = TensorView::F32(
-          l.v_pages.data(),
-          {pool->num_pages_, options.page_size, a.num_kv_heads, a.head_dim});
+      DS_RETURN_IF_ERROR(zeroed(bytes, &l.k_pages));
+      DS_RETURN_IF_ERROR(zeroed(bytes, &l.v_pages));
+      l.k_view = TensorView::Contiguous(
+          l.k_pages.data(), options.kv_dtype,
+          {pages, options.page_size, a.num_kv_heads, a.head_dim}, dev);
+      l.v_view = TensorView::Contiguous(
+          l.v_pages.data(), options.kv_dtype,
+          {pages, options.page_size, a.num_kv_heads, a.head_dim}, dev);
     }
   }
   for (int s = options.max_slots - 1; s >= 0; --s)
@@ -67,21 +84,31 @@ absl::StatusOr<std::unique_ptr<StatePool>> StatePool::Create(
   return pool;
 }
 
+int64_t StatePool::bytes() const {
+  int64_t n = 0;
+  for (const LayerPools& l : layers_) {
+    n += l.gdr_state.bytes() + l.conv_state.bytes() + l.k_pages.bytes() +
+         l.v_pages.bytes();
+  }
+  return n;
+}
+
 absl::StatusOr<int> StatePool::AllocateSlot() {
   if (free_slots_.empty()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "all ", options_.max_slots, " sequence state slots are in use"));
   }
   const int slot = free_slots_.back();
-  free_slots_.pop_back();
   for (LayerPools& l : layers_) {
-    if (!l.gdr_state.empty()) {
-      const int64_t per = l.gdr_state.size() / options_.max_slots;
-      std::fill_n(l.gdr_state.begin() + slot * per, per, 0.f);
-      const int64_t cper = l.conv_state.size() / options_.max_slots;
-      std::fill_n(l.conv_state.begin() + slot * cper, cper, 0.f);
-    }
+    if (l.gdr_state.empty()) continue;
+    DS_RETURN_IF_ERROR(memory_->Zero(
+        static_cast<float*>(l.gdr_state.data()) + slot * l.state_per_slot,
+        l.state_per_slot * 4, options_.stream));
+    DS_RETURN_IF_ERROR(memory_->Zero(
+        static_cast<float*>(l.conv_state.data()) + slot * l.conv_per_slot,
+        l.conv_per_slot * 4, options_.stream));
   }
+  free_slots_.pop_back();
   return slot;
 }
 
@@ -188,57 +215,93 @@ int64_t SavedSequence::bytes() const {
   return n;
 }
 
-namespace {
-
-// Floats of one slot's recurrent state and conv tail in a layer.
-int64_t PerSlot(const std::vector<float>& pool, int slots) {
-  return static_cast<int64_t>(pool.size()) / slots;
+absl::Status StatePool::CopyKv(const Buffer& pool, int64_t kv_row,
+                               const std::vector<int32_t>& pages, int64_t from,
+                               int64_t to, float* host, bool to_host) const {
+  const int page = options_.page_size;
+  const int esize = DTypeSize(options_.kv_dtype);
+  const bool bf16 = options_.kv_dtype == DType::kBF16;
+  std::vector<uint16_t> staging;
+  char* base = static_cast<char*>(pool.data());
+  for (int64_t pos = from; pos < to;) {
+    // A run of positions on physically consecutive pages is one copy.
+    const int64_t first_page = pos / page;
+    if (pages[first_page] < 0) {
+      return absl::InvalidArgumentError("KV copy touches a released page");
+    }
+    int64_t last_page = first_page;
+    while ((last_page + 1) * page < to &&
+           pages[last_page + 1] == pages[last_page] + 1) {
+      ++last_page;
+    }
+    const int64_t end = std::min<int64_t>((last_page + 1) * page, to);
+    const int64_t count = end - pos;
+    char* device =
+        base + (static_cast<int64_t>(pages[first_page]) * page + pos % page) *
+                   kv_row * esize;
+    float* rows = host + (pos - from) * kv_row;
+    const int64_t n = count * kv_row;
+    if (!bf16) {
+      DS_RETURN_IF_ERROR(
+          to_host ? memory_->Copy(rows, device, n * 4, options_.stream)
+                  : memory_->Copy(device, rows, n * 4, options_.stream));
+    } else if (to_host) {
+      staging.resize(n);
+      DS_RETURN_IF_ERROR(
+          memory_->Copy(staging.data(), device, n * 2, options_.stream));
+      for (int64_t i = 0; i < n; ++i) rows[i] = Bf16ToF32(staging[i]);
+    } else {
+      staging.resize(n);
+      for (int64_t i = 0; i < n; ++i) staging[i] = F32ToBf16(rows[i]);
+      DS_RETURN_IF_ERROR(
+          memory_->Copy(device, staging.data(), n * 2, options_.stream));
+    }
+    pos = end;
+  }
+  return absl::OkStatus();
 }
 
-}  // namespace
-
-SavedSequence StatePool::Save(int slot, const SeqPages& seq_pages,
-                              int64_t num_tokens) const {
+absl::StatusOr<SavedSequence> StatePool::Save(int slot,
+                                              const SeqPages& seq_pages,
+                                              int64_t num_tokens,
+                                              int64_t kv_first) const {
   SavedSequence saved;
   saved.num_tokens = num_tokens;
   saved.window_from = WindowStart(num_tokens);
+  saved.kv_first = std::clamp<int64_t>(kv_first, 0, num_tokens);
   const size_t n = layers_.size();
   saved.recurrent.resize(n);
   saved.keys.resize(n);
   saved.values.resize(n);
-  const int page = options_.page_size;
   for (size_t l = 0; l < n; ++l) {
     const LayerPools& lp = layers_[l];
     if (!lp.gdr_state.empty()) {
-      const int64_t ps = PerSlot(lp.gdr_state, options_.max_slots);
-      const int64_t pc = PerSlot(lp.conv_state, options_.max_slots);
       auto& out = saved.recurrent[l];
-      out.assign(lp.gdr_state.begin() + slot * ps,
-                 lp.gdr_state.begin() + (slot + 1) * ps);
-      out.insert(out.end(), lp.conv_state.begin() + slot * pc,
-                 lp.conv_state.begin() + (slot + 1) * pc);
+      out.resize(lp.state_per_slot + lp.conv_per_slot);
+      DS_RETURN_IF_ERROR(
+          memory_->Copy(out.data(),
+                        static_cast<const float*>(lp.gdr_state.data()) +
+                            slot * lp.state_per_slot,
+                        lp.state_per_slot * 4, options_.stream));
+      DS_RETURN_IF_ERROR(
+          memory_->Copy(out.data() + lp.state_per_slot,
+                        static_cast<const float*>(lp.conv_state.data()) +
+                            slot * lp.conv_per_slot,
+                        lp.conv_per_slot * 4, options_.stream));
     }
     if (!lp.k_pages.empty()) {
-      const int64_t row = lp.k_view.shape[2] * lp.k_view.shape[3];
-      const bool windowed = lp.windowed;
       const std::vector<int32_t>& pages =
-          windowed ? seq_pages.window : seq_pages.global;
-      const int64_t from = windowed ? saved.window_from : 0;
+          lp.windowed ? seq_pages.window : seq_pages.global;
+      const int64_t from =
+          std::max(lp.windowed ? saved.window_from : 0, saved.kv_first);
       auto& k = saved.keys[l];
       auto& v = saved.values[l];
-      k.resize((num_tokens - from) * row);
-      v.resize((num_tokens - from) * row);
-      for (int64_t pos = from; pos < num_tokens;) {
-        const int64_t in_page = pos % page;
-        const int64_t count =
-            std::min<int64_t>(page - in_page, num_tokens - pos);
-        const int64_t src =
-            (static_cast<int64_t>(pages[pos / page]) * page + in_page) * row;
-        const int64_t dst = (pos - from) * row;
-        std::copy_n(lp.k_pages.begin() + src, count * row, k.begin() + dst);
-        std::copy_n(lp.v_pages.begin() + src, count * row, v.begin() + dst);
-        pos += count;
-      }
+      k.resize((num_tokens - from) * lp.kv_row);
+      v.resize((num_tokens - from) * lp.kv_row);
+      DS_RETURN_IF_ERROR(CopyKv(lp.k_pages, lp.kv_row, pages, from, num_tokens,
+                                k.data(), /*to_host=*/true));
+      DS_RETURN_IF_ERROR(CopyKv(lp.v_pages, lp.kv_row, pages, from, num_tokens,
+                                v.data(), /*to_host=*/true));
     }
   }
   return saved;
@@ -252,6 +315,10 @@ absl::Status StatePool::Restore(const SavedSequence& saved, int slot,
     return absl::InvalidArgumentError(
         "saved sequence has a different number of layers");
   }
+  if (saved.kv_first != 0) {
+    return absl::InvalidArgumentError(
+        "saved sequence holds only part of its keys and values");
+  }
   const int64_t logical = PagesFor(saved.num_tokens);
   if ((has_global_ &&
        static_cast<int64_t>(seq_pages.global.size()) < logical) ||
@@ -260,47 +327,48 @@ absl::Status StatePool::Restore(const SavedSequence& saved, int slot,
       saved.window_from != WindowStart(saved.num_tokens)) {
     return absl::InvalidArgumentError("too few pages to restore a sequence");
   }
-  const int page = options_.page_size;
+  // Check every size before writing anything.
+  for (size_t l = 0; l < n; ++l) {
+    const LayerPools& lp = layers_[l];
+    const int64_t rec =
+        lp.gdr_state.empty() ? 0 : lp.state_per_slot + lp.conv_per_slot;
+    if (static_cast<int64_t>(saved.recurrent[l].size()) != rec) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("saved state of layer ", l, " has the wrong size"));
+    }
+    const int64_t from = lp.windowed ? saved.window_from : 0;
+    const int64_t kv =
+        lp.k_pages.empty() ? 0 : (saved.num_tokens - from) * lp.kv_row;
+    if (static_cast<int64_t>(saved.keys[l].size()) != kv ||
+        saved.values[l].size() != saved.keys[l].size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("saved keys of layer ", l, " have the wrong size"));
+    }
+  }
   for (size_t l = 0; l < n; ++l) {
     LayerPools& lp = layers_[l];
     if (!lp.gdr_state.empty()) {
-      const int64_t ps = PerSlot(lp.gdr_state, options_.max_slots);
-      const int64_t pc = PerSlot(lp.conv_state, options_.max_slots);
       const auto& in = saved.recurrent[l];
-      if (static_cast<int64_t>(in.size()) != ps + pc) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("saved state of layer ", l, " has the wrong size"));
-      }
-      std::copy_n(in.begin(), ps, lp.gdr_state.begin() + slot * ps);
-      std::copy_n(in.begin() + ps, pc, lp.conv_state.begin() + slot * pc);
+      DS_RETURN_IF_ERROR(memory_->Copy(
+          static_cast<float*>(lp.gdr_state.data()) + slot * lp.state_per_slot,
+          in.data(), lp.state_per_slot * 4, options_.stream));
+      DS_RETURN_IF_ERROR(memory_->Copy(
+          static_cast<float*>(lp.conv_state.data()) + slot * lp.conv_per_slot,
+          in.data() + lp.state_per_slot, lp.conv_per_slot * 4,
+          options_.stream));
     }
     if (!lp.k_pages.empty()) {
-      const int64_t row = lp.k_view.shape[2] * lp.k_view.shape[3];
-      const bool windowed = lp.windowed;
       const std::vector<int32_t>& pages =
-          windowed ? seq_pages.window : seq_pages.global;
-      const int64_t from = windowed ? saved.window_from : 0;
-      const auto& k = saved.keys[l];
-      const auto& v = saved.values[l];
-      if (static_cast<int64_t>(k.size()) != (saved.num_tokens - from) * row ||
-          v.size() != k.size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("saved keys of layer ", l, " have the wrong size"));
-      }
-      for (int64_t pos = from; pos < saved.num_tokens;) {
-        const int64_t in_page = pos % page;
-        const int64_t count =
-            std::min<int64_t>(page - in_page, saved.num_tokens - pos);
-        if (pages[pos / page] < 0) {
-          return absl::InvalidArgumentError("restore into a released page");
-        }
-        const int64_t dst =
-            (static_cast<int64_t>(pages[pos / page]) * page + in_page) * row;
-        const int64_t src = (pos - from) * row;
-        std::copy_n(k.begin() + src, count * row, lp.k_pages.begin() + dst);
-        std::copy_n(v.begin() + src, count * row, lp.v_pages.begin() + dst);
-        pos += count;
-      }
+          lp.windowed ? seq_pages.window : seq_pages.global;
+      const int64_t from = lp.windowed ? saved.window_from : 0;
+      DS_RETURN_IF_ERROR(CopyKv(lp.k_pages, lp.kv_row, pages, from,
+                                saved.num_tokens,
+                                const_cast<float*>(saved.keys[l].data()),
+                                /*to_host=*/false));
+      DS_RETURN_IF_ERROR(CopyKv(lp.v_pages, lp.kv_row, pages, from,
+                                saved.num_tokens,
+                                const_cast<float*>(saved.values[l].data()),
+                                /*to_host=*/false));
     }
   }
   return absl::OkStatus();

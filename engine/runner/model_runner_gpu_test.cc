@@ -1,0 +1,356 @@
+// The model runner on the GPU (CudaKernels: bf16 weights and activations,
+// fp32 state) against the qwen35-tiny fixture's float64 reference within the
+// bf16 tolerance of the fixtures' README, and against the CPU runner on the
+// demo model; recorded (CUDA graph) decode steps against direct ones; state
+// saved off the GPU and restored. Skips without a GPU.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/model/model.h"
+#include "engine/model/safetensors.h"
+#include "engine/runner/model_runner.h"
+#include "engine/state/state_pool.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/testing/device_buffer.h"
+
+namespace deltaserve {
+namespace {
+
+constexpr char kTinyDir[] = "tests/testdata/qwen35-tiny";
+constexpr char kDemoDir[] = "engine/model/demo-qwen35";
+
+double RelErr(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
+    den += double{b[i]} * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+double MaxAbs(const float* a, const float* b, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i)
+    m = std::max(m, std::fabs(double{a[i]} - b[i]));
+  return m;
+}
+
+int32_t ArgmaxOf(const float* row, int n) {
+  int32_t best = 0;
+  for (int i = 1; i < n; ++i) {
+    if (row[i] > row[best]) best = i;
+  }
+  return best;
+}
+
+// The gap between the best and the second-best logit of a row.
+double Margin(const float* row, int n) {
+  const int32_t best = ArgmaxOf(row, n);
+  double second = -1e30;
+  for (int i = 0; i < n; ++i) {
+    if (i != best) second = std::max(second, double{row[i]});
+  }
+  return row[best] - second;
+}
+
+std::vector<int32_t> I64ToI32(const TensorEntry& e) {
+  std::vector<int32_t> out(e.numel());
+  for (int64_t i = 0; i < e.numel(); ++i) {
+    int64_t v;
+    std::memcpy(&v, e.data + 8 * i, 8);
+    out[i] = static_cast<int32_t>(v);
+  }
+  return out;
+}
+
+std::shared_ptr<Model> LoadOrDie(const std::string& dir) {
+  auto model = Model::Load(dir);
+  EXPECT_TRUE(model.ok()) << model.status();
+  if (!model.ok()) std::abort();
+  return std::shared_ptr<Model>(std::move(*model));
+}
+
+// One runner (GPU or CPU) over a model, with sequences to feed.
+class Harness {
+ public:
+  Harness(std::shared_ptr<Model> model, bool gpu, bool record = true)
+      : model_(std::move(model)) {
+    if (gpu) {
+      auto k = CudaKernels::Create({});
+      EXPECT_TRUE(k.ok()) << k.status();
+      kernels_ = std::move(*k);
+    } else {
+      kernels_ = std::move(*CpuKernels::Create({}));
+    }
+    StatePool::Options po;
+    po.max_slots = 8;
+    po.kv_capacity_tokens = 8192;
+    po.memory = kernels_->memory();
+    po.stream = kernels_->stream();
+    po.kv_dtype = gpu ? DType::kBF16 : DType::kF32;
+    auto pool = StatePool::Create(model_->spec(), po);
+    EXPECT_TRUE(pool.ok()) << pool.status();
+    pool_ = std::move(*pool);
+    ModelRunner::Options ro;
+    ro.record_decode = record;
+    auto runner =
+        ModelRunner::Create(model_.get(), kernels_.get(), pool_.get(), ro);
+    EXPECT_TRUE(runner.ok()) << runner.status();
+    runner_ = std::move(*runner);
+  }
+
+  struct Seq {
+    int slot = -1;
+    SeqPages pages;
+    int64_t pos = 0;
+  };
+
+  Seq NewSeq() {
+    Seq s;
+    s.slot = *pool_->AllocateSlot();
+    return s;
+  }
+
+  // Feeds `tokens` in chunks; returns every token's logits.
+  std::vector<float> Feed(Seq* s, const std::vector<int32_t>& tokens,
+                          size_t chunk) {
+    std::vector<float> all, logits;
+    for (size_t at = 0; at < tokens.size(); at += chunk) {
+      const size_t n = std::min(chunk, tokens.size() - at);
+      EXPECT_TRUE(pool_->EnsureCapacity(&s->pages, s->pos + n).ok());
+      SequenceInput in{s->slot, &s->pages, s->pos,
+                       absl::MakeConstSpan(tokens.data() + at, n)};
+      absl::Status st = runner_->Forward({in}, /*all_logits=*/true, &logits);
+      EXPECT_TRUE(st.ok()) << st;
+      all.insert(all.end(), logits.begin(), logits.end());
+      s->pos += n;
+    }
+    return all;
+  }
+
+  // One decode step of every sequence in `seqs` with `next` as input;
+  // returns the device's greedy tokens and the logits of every row.
+  ForwardOutput Step(std::vector<Seq*> seqs, const std::vector<int32_t>& next) {
+    std::vector<SequenceInput> batch;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      EXPECT_TRUE(
+          pool_->EnsureCapacity(&seqs[i]->pages, seqs[i]->pos + 1).ok());
+      batch.push_back({seqs[i]->slot, &seqs[i]->pages, seqs[i]->pos,
+                       absl::MakeConstSpan(&next[i], 1)});
+    }
+    ForwardRequest req;
+    req.argmax = true;
+    ForwardOutput out;
+    absl::Status st = runner_->Forward(batch, req, &out);
+    EXPECT_TRUE(st.ok()) << st;
+    for (Seq* s : seqs) ++s->pos;
+    return out;
+  }
+
+  // Greedy continuation of `n` tokens starting with `first`.
+  std::vector<int32_t> Greedy(Seq* s, int32_t first, int n) {
+    std::vector<int32_t> out = {first};
+    while (static_cast<int>(out.size()) < n) {
+      out.push_back(Step({s}, {out.back()}).argmax[0]);
+    }
+    return out;
+  }
+
+  const Model& model() const { return *model_; }
+  StatePool& pool() { return *pool_; }
+  ModelRunner& runner() { return *runner_; }
+
+ private:
+  std::shared_ptr<Model> model_;
+  std::unique_ptr<Kernels> kernels_;
+  std::unique_ptr<StatePool> pool_;
+  std::unique_ptr<ModelRunner> runner_;
+};
+
+class GpuRunnerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!testing::HasCudaDevice()) GTEST_SKIP() << "no GPU";
+    auto golden =
+        SafetensorsFile::Open(std::string(kTinyDir) + "/golden.safetensors");
+    ASSERT_TRUE(golden.ok()) << golden.status();
+    golden_ = std::move(*golden);
+    prompt_ = I64ToI32(golden_->tensors().at("prompt_ids"));
+    prefill_.resize(golden_->tensors().at("prefill_logits").numel());
+    ASSERT_TRUE(ToF32(golden_->tensors().at("prefill_logits"), prefill_.data(),
+                      prefill_.size())
+                    .ok());
+    greedy_ = I64ToI32(golden_->tensors().at("greedy_ids"));
+  }
+  std::unique_ptr<SafetensorsFile> golden_;
+  std::vector<int32_t> prompt_, greedy_;
+  std::vector<float> prefill_;
+};
+
+TEST_F(GpuRunnerTest, Qwen35TinyPrefillWithinBf16Tolerance) {
+  auto model = LoadOrDie(kTinyDir);
+  for (size_t chunk : {size_t{200}, size_t{37}, size_t{1}}) {
+    Harness h(model, /*gpu=*/true);
+    EXPECT_EQ(h.runner().activation_dtype(), DType::kBF16);
+    Harness::Seq s = h.NewSeq();
+    std::vector<float> logits = h.Feed(&s, prompt_, chunk);
+    ASSERT_EQ(logits.size(), prefill_.size());
+    const double err = RelErr(logits.data(), prefill_.data(), prefill_.size());
+    std::printf("qwen35-tiny on the GPU, chunks of %zu: relative error %.3g\n",
+                chunk, err);
+    EXPECT_LT(err, 2e-2) << "chunk " << chunk;
+  }
+}
+
+TEST_F(GpuRunnerTest, Qwen35TinyGreedyIdsMatchWhereTheMarginAllows) {
+  auto model = LoadOrDie(kTinyDir);
+  const int v = model->spec().vocab_size;
+  // Teacher-forced logits of prompt + greedy ids, on the CPU (matches the
+  // reference to 1e-4) and on the GPU.
+  std::vector<int32_t> forced = prompt_;
+  forced.insert(forced.end(), greedy_.begin(), greedy_.end() - 1);
+  Harness cpu(model, false), gpu(model, true);
+  Harness::Seq cs = cpu.NewSeq(), gs = gpu.NewSeq();
+  const std::vector<float> want = cpu.Feed(&cs, forced, forced.size());
+  const std::vector<float> got = gpu.Feed(&gs, forced, 64);
+  int decided = 0;
+  for (size_t i = 0; i < greedy_.size(); ++i) {
+    const size_t row = prompt_.size() - 1 + i;
+    const float* w = want.data() + row * v;
+    const float* g = got.data() + row * v;
+    ASSERT_EQ(ArgmaxOf(w, v), greedy_[i]) << "CPU disagrees at step " << i;
+    if (Margin(w, v) > 2 * MaxAbs(g, w, v)) {
+      EXPECT_EQ(ArgmaxOf(g, v), greedy_[i]) << "step " << i;
+      ++decided;
+    }
+  }
+  EXPECT_GE(decided, static_cast<int>(greedy_.size()) / 2);
+  // Free-running greedy decode on the GPU (recorded steps): equal to the
+  // reference up to the first step whose margin is within the error.
+  Harness run(model, true);
+  Harness::Seq s = run.NewSeq();
+  std::vector<float> prefill = run.Feed(&s, prompt_, prompt_.size());
+  const int32_t first = ArgmaxOf(prefill.data() + (prompt_.size() - 1) * v, v);
+  const std::vector<int32_t> ids = run.Greedy(&s, first, greedy_.size());
+  for (size_t i = 0; i < greedy_.size(); ++i) {
+    const size_t row = prompt_.size() - 1 + i;
+    const float* w = want.data() + row * v;
+    if (Margin(w, v) <= 2 * MaxAbs(got.data() + row * v, w, v)) break;
+    ASSERT_EQ(ids[i], greedy_[i]) << "step " << i;
+  }
+  EXPECT_GT(run.runner().replayed_steps(), 0);
+}
+
+TEST_F(GpuRunnerTest, DemoModelGreedyTextEqualsTheCpu) {
+  auto model = LoadOrDie(kDemoDir);
+  const int v = model->spec().vocab_size;
+  const std::vector<int32_t> prompt = {72,  101, 108, 108, 111, 44, 32, 119,
+                                       111, 114, 108, 100, 33,  32, 84, 104,
+                                       101, 32,  113, 117, 105, 99, 107};
+  std::vector<int32_t> results[2];
+  for (bool gpu : {false, true}) {
+    Harness h(model, gpu);
+    Harness::Seq s = h.NewSeq();
+    std::vector<float> logits = h.Feed(&s, prompt, 7);
+    const int32_t first = ArgmaxOf(logits.data() + (prompt.size() - 1) * v, v);
+    results[gpu] = h.Greedy(&s, first, 64);
+  }
+  EXPECT_EQ(results[1], results[0]);
+}
+
+TEST_F(GpuRunnerTest, RecordedDecodeStepsEqualDirectOnes) {
+  auto model = LoadOrDie(kTinyDir);
+  const int v = model->spec().vocab_size;
+  std::vector<float> logits[2];
+  std::vector<int32_t> tokens[2];
+  for (bool record : {false, true}) {
+    Harness h(model, true, record);
+    // Three sequences (a batch padded to four when recorded).
+    Harness::Seq a = h.NewSeq(), b = h.NewSeq(), c = h.NewSeq();
+    h.Feed(&a, {prompt_.begin(), prompt_.begin() + 50}, 50);
+    h.Feed(&b, {prompt_.begin() + 60, prompt_.begin() + 65}, 5);
+    h.Feed(&c, {prompt_.begin() + 100, prompt_.begin() + 190}, 64);
+    std::vector<int32_t> next = {1, 2, 3};
+    for (int step = 0; step < 20; ++step) {
+      ForwardOutput out = h.Step({&a, &b, &c}, next);
+      ASSERT_EQ(out.argmax.size(), 3u);
+      ASSERT_EQ(out.logits.size(), 3u * v);
+      for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(out.argmax[i], ArgmaxOf(out.logits.data() + i * v, v));
+      }
+      logits[record].insert(logits[record].end(), out.logits.begin(),
+                            out.logits.end());
+      tokens[record].insert(tokens[record].end(), out.argmax.begin(),
+                            out.argmax.end());
+      next = out.argmax;
+    }
+    if (record) {
+      EXPECT_GE(h.runner().recordings(), 1);
+      EXPECT_GE(h.runner().replayed_steps(), 18);
+    } else {
+      EXPECT_EQ(h.runner().replayed_steps(), 0);
+    }
+  }
+  EXPECT_LT(RelErr(logits[1].data(), logits[0].data(), logits[0].size()), 1e-2);
+  EXPECT_EQ(tokens[1], tokens[0]);
+}
+
+TEST_F(GpuRunnerTest, StateSavedOffTheGpuRestoresExactly) {
+  auto model = LoadOrDie(kTinyDir);
+  const int v = model->spec().vocab_size;
+  Harness h(model, true);
+  Harness::Seq a = h.NewSeq();
+  h.Feed(&a, {prompt_.begin(), prompt_.begin() + 150}, 64);
+  auto saved = h.pool().Save(a.slot, a.pages, a.pos);
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  Harness::Seq b = h.NewSeq();
+  ASSERT_TRUE(h.pool().RestoreCapacity(&b.pages, saved->num_tokens).ok());
+  ASSERT_TRUE(h.pool().Restore(*saved, b.slot, b.pages).ok());
+  b.pos = a.pos;
+  // The copy round-trips: saving b gives the same record.
+  auto again = h.pool().Save(b.slot, b.pages, b.pos);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->recurrent, saved->recurrent);
+  EXPECT_EQ(again->keys, saved->keys);
+  EXPECT_EQ(again->values, saved->values);
+  // Both continue alike, batched together.
+  std::vector<int32_t> next = {5, 5};
+  for (int step = 0; step < 8; ++step) {
+    ForwardOutput out = h.Step({&a, &b}, next);
+    EXPECT_LT(RelErr(out.logits.data() + v, out.logits.data(), v), 1e-6);
+    next = {out.argmax[0], out.argmax[0]};
+  }
+}
+
+TEST_F(GpuRunnerTest, MixedPrefillAndDecodeBatchMatchesSeparateRuns) {
+  auto model = LoadOrDie(kTinyDir);
+  const int v = model->spec().vocab_size;
+  Harness h(model, true);
+  Harness::Seq a = h.NewSeq(), b = h.NewSeq();
+  h.Feed(&a, {prompt_.begin(), prompt_.begin() + 40}, 40);
+  std::vector<int32_t> pb(prompt_.begin() + 40, prompt_.begin() + 113);
+  ASSERT_TRUE(h.pool().EnsureCapacity(&a.pages, 41).ok());
+  ASSERT_TRUE(h.pool().EnsureCapacity(&b.pages, pb.size()).ok());
+  const int32_t next = prompt_[40];
+  std::vector<SequenceInput> batch = {
+      {a.slot, &a.pages, 40, absl::MakeConstSpan(&next, 1)},
+      {b.slot, &b.pages, 0, absl::MakeConstSpan(pb)}};
+  std::vector<float> logits;
+  ASSERT_TRUE(h.runner().Forward(batch, false, &logits).ok());
+  ASSERT_EQ(logits.size(), 2u * v);
+  EXPECT_LT(RelErr(logits.data(), prefill_.data() + 40 * v, v), 2e-2);
+  Harness single(model, true);
+  Harness::Seq sb = single.NewSeq();
+  std::vector<float> want = single.Feed(&sb, pb, pb.size());
+  EXPECT_LT(RelErr(logits.data() + v, want.data() + (pb.size() - 1) * v, v),
+            1e-2);
+}
+
+}  // namespace
+}  // namespace deltaserve
