@@ -1,6 +1,7 @@
 // deltaserve-server: serves one model over gRPC until SIGINT or SIGTERM.
 //
-//   deltaserve-server [--model=DIR] [--listen=HOST:PORT] [--device=cpu]
+//   deltaserve-server [--model=DIR] [--listen=HOST:PORT]
+//                     [--device=cpu|cuda [--gpus=1] [--cuda_graphs]]
 //                     [--state_dir=DIR] [--session_idle_pause=10m]
 //
 // Without --model it serves the embedded demo model. Once serving it prints
@@ -34,6 +35,12 @@ ABSL_FLAG(std::string, model, "",
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "Address to serve gRPC on; port 0 picks a free port.");
 ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu or cuda.");
+ABSL_FLAG(int, gpus, 1,
+          "With --device=cuda: GPUs to serve on (one per server for now).");
+ABSL_FLAG(int, gpu_device, 0, "With --device=cuda: the CUDA device ordinal.");
+ABSL_FLAG(bool, cuda_graphs, true,
+          "With --device=cuda: record decode steps once per batch size and "
+          "replay them as CUDA graphs.");
 ABSL_FLAG(int, max_running_requests,
           deltaserve::Engine::Options().max_running_requests,
           "Requests in the batch at once (each holds a state slot).");
@@ -107,7 +114,7 @@ int Run(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Serves a hybrid linear-attention language model over gRPC.\n"
       "Usage: deltaserve-server [--model=DIR] [--listen=HOST:PORT] "
-      "[--device=cpu|cuda] [--state_dir=DIR]");
+      "[--device=cpu|cuda [--gpus=1]] [--state_dir=DIR]");
   absl::ParseCommandLine(argc, argv);
 
   ServerOptions options;
@@ -130,6 +137,9 @@ int Run(int argc, char** argv) {
   }
   options.listen = absl::GetFlag(FLAGS_listen);
   options.device = absl::GetFlag(FLAGS_device);
+  options.gpus = absl::GetFlag(FLAGS_gpus);
+  options.gpu_device = absl::GetFlag(FLAGS_gpu_device);
+  options.engine.record_decode_steps = absl::GetFlag(FLAGS_cuda_graphs);
   options.num_threads = absl::GetFlag(FLAGS_threads);
   options.engine.max_running_requests =
       absl::GetFlag(FLAGS_max_running_requests);

@@ -14,6 +14,7 @@
 #include "engine/state_store/rocksdb_state_store.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/status.h"
+#include "services/server/gpu_kernels.h"
 #include "services/server/inference_service.h"
 #include "services/server/models_service.h"
 #include "services/server/sessions_service.h"
@@ -35,8 +36,12 @@ absl::StatusOr<std::unique_ptr<Kernels>> CreateKernels(
     return std::unique_ptr<Kernels>(std::move(kernels));
   }
   if (options.device == "cuda") {
-    return absl::FailedPreconditionError(
-        "device \"cuda\": this build has no CUDA support");
+    if (options.gpus != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gpus = ", options.gpus,
+          ": a server runs on exactly one GPU (start one server per GPU)"));
+    }
+    return CreateGpuKernels(options.gpu_device);
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "device must be \"cpu\" or \"cuda\", got \"", options.device, "\""));

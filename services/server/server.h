@@ -34,6 +34,9 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:50051";
   // "cpu" or "cuda".
   std::string device = "cpu";
+  // For "cuda": how many GPUs (one for now) and the first one's ordinal.
+  int gpus = 1;
+  int gpu_device = 0;
   Engine::Options engine;
   // Threads of the CPU kernels; 0 keeps the BLAS library's default.
   int num_threads = 0;
@@ -54,9 +57,10 @@ class Server {
  public:
   // Creates the kernels for `options.device`, loads the model, starts the
   // engine and starts serving on `options.listen`. Errors:
-  //   INVALID_ARGUMENT    unknown device, bad engine options or a malformed
-  //                       model (as Model::Load);
-  //   FAILED_PRECONDITION device "cuda" in a build without CUDA support;
+  //   INVALID_ARGUMENT    unknown device, gpus other than 1, bad engine
+  //                       options or a malformed model (as Model::Load);
+  //   FAILED_PRECONDITION device "cuda" in a build without CUDA support or
+  //                       on a machine without that GPU;
   //   NOT_FOUND           the model directory or its files are missing;
   //   UNAVAILABLE         the address cannot be listened on;
   //   others              the state directory cannot be opened (as
