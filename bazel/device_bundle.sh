@@ -57,7 +57,7 @@ done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bundle="$root/.device-bundle"
+bundle="${DEVICE_BUNDLE_DIR:-$root/.device-bundle}"
 workspace_name="deltaserve"
 
 bazel build "${targets[@]}"
@@ -134,11 +134,17 @@ for target in "${targets[@]}"; do
   fi
   binary="$bazel_bin/${pkg:+$pkg/}$name"
   [[ -f "$binary" ]] || die "$target: no binary at $binary"
-  is_elf "$binary" || die "$target: $binary is not an ELF executable"
-
-  install -m 0755 "$binary" "$bundle/bin/$name"
-  strip --strip-debug "$bundle/bin/$name"
-  copy_libraries "$binary"
+  if is_elf "$binary"; then
+    install -m 0755 "$binary" "$bundle/bin/$name"
+    strip --strip-debug "$bundle/bin/$name"
+    copy_libraries "$binary"
+  elif [[ "$(head -c 2 "$binary")" == "#!" ]]; then
+    # A script (sh_test): it finds its data through TEST_SRCDIR, which
+    # run.sh points at the bundle.
+    install -m 0755 "$binary" "$bundle/bin/$name"
+  else
+    die "$target: $binary is neither an ELF executable nor a script"
+  fi
 
   # Runfiles data of this workspace, at workspace-relative paths. Shared
   # libraries there are covered by ldd; executables there (e.g. a server an
@@ -171,6 +177,12 @@ name="$1"
 shift
 cd "$here"
 export LD_LIBRARY_PATH="$here/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Scripts (shell tests) find the workspace's files under
+# $TEST_SRCDIR/deltaserve: the bundle itself.
+mkdir -p "$here/.srcdir"
+ln -sfn "$here" "$here/.srcdir/deltaserve"
+export TEST_SRCDIR="$here/.srcdir"
+export TEST_TMPDIR="${TEST_TMPDIR:-$(mktemp -d)}"
 exec "bin/$name" "$@"
 EOF
 chmod 0755 "$bundle/run.sh"

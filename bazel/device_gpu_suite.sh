@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Bundles every GPU test (tests tagged gpu) and every CUDA benchmark
-# (binaries under //kernels/cuda named *_bench) into .device-bundle/, with a
-# script that runs them all on the GPU machine in one call:
+# Bundles every GPU test (tests tagged gpu), every CUDA benchmark (binaries
+# under //kernels/cuda named *_bench, and //tests/bench:model_bench), the
+# server and the CLI into .device-bundle/, with a script that runs the tests
+# and benchmarks on the GPU machine in one call:
 #
 #   here:        bazel/device_gpu_suite.sh [--no-bench]
 #   GPU machine: tar -xJf .device-pack/bundle.tar.xz &&
@@ -31,7 +32,9 @@ fi
   echo "device_gpu_suite: no gpu tests (is a CUDA toolkit installed?)" >&2
   exit 1
 }
-bazel/device_bundle.sh "${tests[@]}" "${benches[@]}"
+bazel/device_bundle.sh "${tests[@]}" "${benches[@]}" \
+  //services/server:deltaserve-server //clients/cli:deltaserve-cli \
+  //tests/bench:model_bench
 
 names() { for t in "$@"; do echo "${t##*:}"; done; }
 {
