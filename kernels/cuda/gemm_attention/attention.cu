@@ -431,6 +431,99 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Head dimensions the tiled kernel does not cover (any D up to
+// kGenericAttentionMaxDim): one warp per (query, head), keys one at a time
+// with an online softmax. Simple and slow; it serves small models.
+constexpr int kGenericPerLane = kGenericAttentionMaxDim / 32;
+
+template <typename T>
+__global__ void __launch_bounds__(32)
+    GenericAttentionKernel(PagedAttentionArgs a) {
+  const int64_t t = blockIdx.x;
+  const int h = static_cast<int>(blockIdx.y);
+  const int lane = threadIdx.x;
+  // The sequence of query t: the last b with cu_seqlens[b] <= t.
+  int64_t lo = 0, hi = a.batch;
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (a.cu_seqlens[mid] <= t) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  const int64_t b = lo;
+  const int64_t start = a.cu_seqlens[b];
+  const int64_t n = a.cu_seqlens[b + 1] - start;
+  T* o = static_cast<T*>(a.out) + t * a.out_stride[0] + h * a.out_stride[1];
+  const int d_count = a.head_dim;
+  const int64_t ctx = a.context_lens[b * a.context_lens_stride];
+  const int64_t qpos = ctx - n + (t - start);
+  float acc[kGenericPerLane];
+  float qv[kGenericPerLane];
+  const T* q =
+      static_cast<const T*>(a.q) + t * a.q_stride[0] + h * a.q_stride[1];
+#pragma unroll
+  for (int e = 0; e < kGenericPerLane; ++e) {
+    const int d = lane + 32 * e;
+    qv[e] = d < d_count ? ToF32(q[d]) * a.scale : 0.0f;
+    acc[e] = 0.0f;
+  }
+  const int kvh = h / (a.num_q_heads / a.num_kv_heads);
+  float m = -INFINITY, l = 0.0f;
+  const int64_t first =
+      a.window > 0 ? (qpos - a.window + 1 > 0 ? qpos - a.window + 1 : 0) : 0;
+  const T* kp = static_cast<const T*>(a.kv.k_pages);
+  const T* vp = static_cast<const T*>(a.kv.v_pages);
+  for (int64_t p = first; p <= qpos; ++p) {
+    const int64_t lp = p / a.kv.page_size;
+    if (lp >= a.kv.max_pages) break;
+    const int32_t page = a.kv.page_table[b * a.kv.page_table_stride[0] +
+                                         lp * a.kv.page_table_stride[1]];
+    if (page < 0 || page >= a.kv.num_pages) continue;
+    const int64_t off = p % a.kv.page_size;
+    const T* kr = kp + page * a.kv.k_stride[0] + off * a.kv.k_stride[1] +
+                  kvh * a.kv.k_stride[2];
+    const T* vr = vp + page * a.kv.v_stride[0] + off * a.kv.v_stride[1] +
+                  kvh * a.kv.v_stride[2];
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kGenericPerLane; ++e) {
+      const int d = lane + 32 * e;
+      if (d < d_count) s += qv[e] * ToF32(kr[d]);
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      s += __shfl_xor_sync(0xffffffffu, s, offset);
+    }
+    const float m_new = fmaxf(m, s);
+    const float corr = __expf(m - m_new);
+    const float w = __expf(s - m_new);
+    l = l * corr + w;
+#pragma unroll
+    for (int e = 0; e < kGenericPerLane; ++e) {
+      const int d = lane + 32 * e;
+      acc[e] = acc[e] * corr + (d < d_count ? w * ToF32(vr[d]) : 0.0f);
+    }
+    m = m_new;
+  }
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+  for (int e = 0; e < kGenericPerLane; ++e) {
+    const int d = lane + 32 * e;
+    if (d < d_count) o[d] = FromF32<T>(acc[e] * inv);
+  }
+}
+
+template <typename T>
+absl::Status LaunchGenericAttention(const PagedAttentionArgs& a,
+                                    cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(a.tokens),
+                  static_cast<unsigned>(a.num_q_heads));
+  GenericAttentionKernel<T><<<grid, 32, 0, stream>>>(a);
+  return CudaStatus(cudaGetLastError(), "PagedAttention (generic) launch");
+}
+
 template <int D, int R, typename T>
 absl::Status LaunchAttention(const PagedAttentionArgs& a, bool vec_kv,
                              cudaStream_t stream) {
@@ -473,9 +566,7 @@ absl::Status DispatchDim(const PagedAttentionArgs& a, bool vec_kv,
     case 256:
       return DispatchRows<256, T>(a, vec_kv, stream);
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("PagedAttention: head_dim = ", a.head_dim,
-                       " is not supported (64, 128 or 256)"));
+      return LaunchGenericAttention<T>(a, stream);
   }
 }
 
@@ -570,10 +661,10 @@ absl::Status LaunchPagedAttention(const PagedAttentionArgs& a, void* stream) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": window = ", a.window, ", expected >= 0"));
   }
-  if (a.head_dim != 64 && a.head_dim != 128 && a.head_dim != 256) {
+  if (a.head_dim < 1 || a.head_dim > kGenericAttentionMaxDim) {
     return absl::InvalidArgumentError(
-        absl::StrCat(kOp, ": head_dim = ", a.head_dim,
-                     " is not supported (64, 128 or 256)"));
+        absl::StrCat(kOp, ": head_dim = ", a.head_dim, " is not in [1, ",
+                     kGenericAttentionMaxDim, "]"));
   }
   if (a.tokens == 0) return absl::OkStatus();
   if (a.batch < 1 || a.batch > 65535) {

@@ -484,6 +484,29 @@ std::vector<AttnCase> AttnCases() {
       }
     }
   }
+  // Head dimensions of the simple kernel (small models such as the fixtures).
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int64_t dim : {32, 96}) {
+      for (int window : {0, 48}) {
+        cases.push_back({dtype,
+                         4,
+                         2,
+                         dim,
+                         window,
+                         {1, 7, 63, 65, 200},
+                         {0, 20, 5, 100, 0},
+                         "prefillgeneric"});
+        cases.push_back({dtype,
+                         4,
+                         2,
+                         dim,
+                         window,
+                         {1, 1, 1, 1, 1},
+                         {0, 6, 62, 64, 999},
+                         "decodegeneric"});
+      }
+    }
+  }
   // A realistic prefill: 4096 tokens, H = 16, d = 128, bf16.
   cases.push_back({DType::kBF16, 16, 16, 128, 0, {4096}, {0}, "prefill4096"});
   return cases;
@@ -597,10 +620,10 @@ TEST_F(ArgumentTest, PagedAttentionRejectsBadViews) {
   ExpectInvalid(run(q, pages, pages, pt, cu, ctx, -1, out),
                 "window is -1, expected >= 0");
   ExpectInvalid(
-      run(Dev(DType::kBF16, {5, 4, 96}), Dev(DType::kBF16, {4, 16, 2, 96}),
-          Dev(DType::kBF16, {4, 16, 2, 96}), pt, cu, ctx, 0,
-          Dev(DType::kBF16, {5, 4, 96})),
-      "head dimension 96");
+      run(Dev(DType::kBF16, {5, 4, 320}), Dev(DType::kBF16, {4, 16, 2, 320}),
+          Dev(DType::kBF16, {4, 16, 2, 320}), pt, cu, ctx, 0,
+          Dev(DType::kBF16, {5, 4, 320})),
+      "head dimension 320");
   ExpectInvalid(
       run(q, Dev(DType::kF32, {4, 16, 2, 64}), pages, pt, cu, ctx, 0, out),
       "k_pages is f32");
