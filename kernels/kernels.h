@@ -100,7 +100,7 @@ class Kernels {
                                const TensorView& out, Stream stream) = 0;
 
   // Gated RMSNorm: out = RmsNorm(x) · w · silu(z), rows of x[R, D], z[R, D].
-  // out may alias x.
+  // out may alias x. (CUDA: out may be bf16 for an f32 x and z.)
   virtual absl::Status RmsNormGated(const TensorView& x, const TensorView& z,
                                     const TensorView& weight, float eps,
                                     const TensorView& out, Stream stream) = 0;

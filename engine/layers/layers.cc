@@ -22,6 +22,7 @@ enum ScratchId {
   kCore,
   kGate,
   kUp,
+  kNormed,
   kNumScratch,
 };
 
@@ -39,10 +40,10 @@ struct Views {
 };
 
 // Copies columns [col, col + width) of the rows of src[rows, cols] into a
-// contiguous dst[rows, width] (activations).
-absl::Status CopyColumns(const LayerContext& ctx, const void* src, int64_t rows,
-                         int64_t cols, int64_t col, int64_t width, void* dst) {
-  const int64_t es = DTypeSize(ctx.act);
+// contiguous dst[rows, width] (elements of `es` bytes).
+absl::Status CopyColumns(const LayerContext& ctx, int64_t es, const void* src,
+                         int64_t rows, int64_t cols, int64_t col, int64_t width,
+                         void* dst) {
   return ctx.memory->Copy2D(dst, width * es,
                             static_cast<const char*>(src) + col * es, cols * es,
                             width * es, rows, ctx.stream);
@@ -78,19 +79,20 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
   const int64_t kd = spec.key_dim(), vd = spec.value_dim();
   const int64_t hv = spec.num_v_heads, hk = spec.num_k_heads;
   Scratch& sc = *ctx.scratch;
-  DS_ASSIGN_OR_RETURN(void* qkv, sc.Get(kQkv, t * c * es));
-  DS_ASSIGN_OR_RETURN(void* z, sc.Get(kZ, t * vd * es));
-  // The gates' inputs and outputs stay f32 (the decay is sensitive).
+  // Everything between the input and output projections is f32 (the
+  // recurrence compounds rounding); only out_proj's input is an activation.
+  DS_ASSIGN_OR_RETURN(void* qkv, sc.Get(kQkv, t * c * 4));
+  DS_ASSIGN_OR_RETURN(void* z, sc.Get(kZ, t * vd * 4));
   DS_ASSIGN_OR_RETURN(void* a, sc.Get(kA, t * hv * 4));
   DS_ASSIGN_OR_RETURN(void* bb, sc.Get(kB, t * hv * 4));
   DS_ASSIGN_OR_RETURN(void* g, sc.Get(kG, t * hv * 4));
   DS_ASSIGN_OR_RETURN(void* beta, sc.Get(kBeta, t * hv * 4));
-  const TensorView qkv_view = vw.Act(qkv, {t, c});
+  const TensorView qkv_view = vw.F32(qkv, {t, c});
   DS_RETURN_IF_ERROR(
       k.Gemm(x, w.in_proj_qkv.view(), qkv_view, false, ctx.stream));
   if (spec.output_gate) {  // z gates the output norm only
     DS_RETURN_IF_ERROR(
-        k.Gemm(x, w.in_proj_z.view(), vw.Act(z, {t, vd}), false, ctx.stream));
+        k.Gemm(x, w.in_proj_z.view(), vw.F32(z, {t, vd}), false, ctx.stream));
   }
   DS_RETURN_IF_ERROR(
       k.Gemm(x, w.in_proj_b.view(), vw.F32(bb, {t, hv}), false, ctx.stream));
@@ -105,22 +107,22 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
                                       conv_state, b.slots, /*silu=*/true,
                                       qkv_view, ctx.stream));
   }
-  DS_ASSIGN_OR_RETURN(void* q, sc.Get(kQ, t * kd * es));
-  DS_ASSIGN_OR_RETURN(void* kk, sc.Get(kK, t * kd * es));
-  DS_ASSIGN_OR_RETURN(void* v, sc.Get(kV, t * vd * es));
-  DS_RETURN_IF_ERROR(CopyColumns(ctx, qkv, t, c, 0, kd, q));
-  DS_RETURN_IF_ERROR(CopyColumns(ctx, qkv, t, c, kd, kd, kk));
-  DS_RETURN_IF_ERROR(CopyColumns(ctx, qkv, t, c, 2 * kd, vd, v));
+  DS_ASSIGN_OR_RETURN(void* q, sc.Get(kQ, t * kd * 4));
+  DS_ASSIGN_OR_RETURN(void* kk, sc.Get(kK, t * kd * 4));
+  DS_ASSIGN_OR_RETURN(void* v, sc.Get(kV, t * vd * 4));
+  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, c, 0, kd, q));
+  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, c, kd, kd, kk));
+  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, c, 2 * kd, vd, v));
   TensorView g_view;
   if (spec.use_decay) g_view = vw.F32(g, {t, hv});
   DS_RETURN_IF_ERROR(k.GdnGates(
       vw.F32(a, {t, hv}), vw.F32(bb, {t, hv}), w.a_log.view(), w.dt_bias.view(),
       vw.F32(g, {t, hv}), vw.F32(beta, {t, hv}), ctx.stream));
-  DS_ASSIGN_OR_RETURN(void* core, sc.Get(kCore, t * vd * es));
-  const TensorView qv = vw.Act(q, {t, hk, spec.head_k_dim});
-  const TensorView kv = vw.Act(kk, {t, hk, spec.head_k_dim});
-  const TensorView vv = vw.Act(v, {t, hv, spec.head_v_dim});
-  const TensorView ov = vw.Act(core, {t, hv, spec.head_v_dim});
+  DS_ASSIGN_OR_RETURN(void* core, sc.Get(kCore, t * vd * 4));
+  const TensorView qv = vw.F32(q, {t, hk, spec.head_k_dim});
+  const TensorView kv = vw.F32(kk, {t, hk, spec.head_k_dim});
+  const TensorView vv = vw.F32(v, {t, hv, spec.head_v_dim});
+  const TensorView ov = vw.F32(core, {t, hv, spec.head_v_dim});
   const float scale = 1.0f / std::sqrt(static_cast<float>(spec.head_k_dim));
   if (b.decode) {
     DS_RETURN_IF_ERROR(k.GatedDeltaRuleRecurrent(
@@ -131,16 +133,20 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
         qv, kv, vv, g_view, vw.F32(beta, {t, hv}), b.cu_seqlens, state, b.slots,
         scale, /*l2norm_qk=*/true, ov, ctx.stream));
   }
-  const TensorView rows = vw.Act(core, {t * hv, spec.head_v_dim});
+  // The output norm narrows to the activations' type for out_proj.
+  const TensorView rows = vw.F32(core, {t * hv, spec.head_v_dim});
+  DS_ASSIGN_OR_RETURN(void* normed, sc.Get(kNormed, t * vd * es));
+  const TensorView normed_rows = vw.Act(normed, {t * hv, spec.head_v_dim});
   if (spec.output_gate) {
-    DS_RETURN_IF_ERROR(
-        k.RmsNormGated(rows, vw.Act(z, {t * hv, spec.head_v_dim}),
-                       w.norm.view(), ctx.rms_norm_eps, rows, ctx.stream));
+    DS_RETURN_IF_ERROR(k.RmsNormGated(
+        rows, vw.F32(z, {t * hv, spec.head_v_dim}), w.norm.view(),
+        ctx.rms_norm_eps, normed_rows, ctx.stream));
   } else {
     DS_RETURN_IF_ERROR(k.RmsNorm(rows, w.norm.view(), ctx.rms_norm_eps,
-                                 /*zero_centered=*/false, rows, ctx.stream));
+                                 /*zero_centered=*/false, normed_rows,
+                                 ctx.stream));
   }
-  return k.Gemm(vw.Act(core, {t, vd}), w.out_proj.view(), out, false,
+  return k.Gemm(vw.Act(normed, {t, vd}), w.out_proj.view(), out, false,
                 ctx.stream);
 }
 
@@ -167,8 +173,8 @@ absl::Status AttentionForward(const LayerContext& ctx,
     DS_ASSIGN_OR_RETURN(void* qg, sc.Get(kQkv, t * 2 * qd * es));
     DS_RETURN_IF_ERROR(
         k.Gemm(x, w.q_proj.view(), vw.Act(qg, {t, 2 * qd}), false, ctx.stream));
-    DS_RETURN_IF_ERROR(CopyColumns(ctx, qg, t * h, 2 * hd, 0, hd, q));
-    DS_RETURN_IF_ERROR(CopyColumns(ctx, qg, t * h, 2 * hd, hd, hd, gate));
+    DS_RETURN_IF_ERROR(CopyColumns(ctx, es, qg, t * h, 2 * hd, 0, hd, q));
+    DS_RETURN_IF_ERROR(CopyColumns(ctx, es, qg, t * h, 2 * hd, hd, hd, gate));
   } else {
     DS_RETURN_IF_ERROR(
         k.Gemm(x, w.q_proj.view(), vw.Act(q, {t, qd}), false, ctx.stream));

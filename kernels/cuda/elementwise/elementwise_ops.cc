@@ -75,11 +75,9 @@ absl::Status RmsNormImpl(const char* op, const TensorView& x,
   }
   DS_ASSIGN_OR_RETURN(const DType weight_dtype,
                       CheckFloatView(op, "weight", weight, {dim}));
-  // The plain norm may also narrow f32 rows to bf16 (not in place).
+  // The norm may also narrow f32 rows to bf16 (not in place).
   const DType out_dtype =
-      z == nullptr && dtype == DType::kF32 && out.dtype == DType::kBF16
-          ? DType::kBF16
-          : dtype;
+      dtype == DType::kF32 && out.dtype == DType::kBF16 ? DType::kBF16 : dtype;
   DS_RETURN_IF_ERROR(CheckView(op, "out", out, out_dtype, {rows, dim}));
   if (out_dtype != dtype && out.data == x.data) {
     return absl::InvalidArgumentError(

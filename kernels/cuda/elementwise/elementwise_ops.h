@@ -53,8 +53,8 @@ absl::Status CudaEmbeddingNoWait(const TensorView& ids, const TensorView& table,
                                  Stream stream);
 
 // Kernels::RmsNorm. x, out [R, D]; weight [D]. out may alias x. Unlike
-// the other operations, out may be bf16 when x is f32 (the norm then also
-// narrows; not in place).
+// the other operations, the norms' out may be bf16 when x (and z) are f32:
+// the norm then also narrows (not in place).
 absl::Status CudaRmsNorm(const TensorView& x, const TensorView& weight,
                          float eps, bool zero_centered, const TensorView& out,
                          Stream stream);

@@ -61,9 +61,9 @@ TEST_F(ElementwiseOpsArgsTest, RmsNorm) {
   ExpectInvalid(
       CudaRmsNorm(F32({4, 8}), Bf16({8}), 1e-6f, true, Bf16({4, 8}), Stream()),
       "narrows x f32[4, 8] in place");
-  ExpectInvalid(CudaRmsNormGated(F32({4, 8}), F32({4, 8}), Bf16({8}), 1e-6f,
-                                 Bf16({4, 8}), Stream()),
-                "out is bf16[4, 8], expected f32[4, 8]");
+  ExpectInvalid(CudaRmsNormGated(Bf16({4, 8}), Bf16({4, 8}), Bf16({8}), 1e-6f,
+                                 F32({4, 8}), Stream()),
+                "out is f32[4, 8], expected bf16[4, 8]");
   TensorView host = F32({4, 8});
   host.device = Device::kCpu;
   ExpectInvalid(

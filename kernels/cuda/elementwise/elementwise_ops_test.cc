@@ -288,6 +288,23 @@ TEST_P(ElementwiseOpsTest, RmsNormNarrowsF32ToBf16) {
       ExpectMatches(dout, want, Tolerance(DType::kBF16));
     }
   }
+  // The gated norm narrows too.
+  {
+    const HostTensor gx = Random({65, 128}, &rng_, DType::kF32, -2.0f, 2.0f);
+    const HostTensor gz = Random({65, 128}, &rng_, DType::kF32, -4.0f, 4.0f);
+    const HostTensor gw = Random({128}, &rng_, dt.weight);
+    HostTensor want({65, 128});
+    ASSERT_OK(cpu_->RmsNormGated(gx.view(), gz.view(), gw.view(), kEps,
+                                 want.view(), Stream()));
+    DeviceTensor dx, dz, dw, dout;
+    ASSERT_OK(dx.Init(gx, DType::kF32));
+    ASSERT_OK(dz.Init(gz, DType::kF32));
+    ASSERT_OK(dw.Init(gw, dt.weight));
+    ASSERT_OK(dout.Init(HostTensor({65, 128}, NAN), DType::kBF16));
+    ASSERT_OK(CudaRmsNormGated(dx.view(), dz.view(), dw.view(), kEps,
+                               dout.view(), Stream()));
+    ExpectMatches(dout, want, Tolerance(DType::kBF16));
+  }
   // Narrowing in place is refused.
   const HostTensor x = Random({4, 64}, &rng_, DType::kF32, -2.0f, 2.0f);
   const HostTensor w = Random({64}, &rng_, DType::kF32);
