@@ -4,7 +4,11 @@
 // and values (4 elements at a time when the layout allows) to the page slot
 // its position maps to.
 //
-// PagedAttention (first version: SIMT fp32, no tensor cores, no split-KV):
+// PagedAttention runs on one of three kernels: bf16 prefill (more than 16
+// query rows per sequence on average, D ∈ {64, 128, 256}, 16-byte aligned
+// rows) on tensor cores, FlashPrefillKernel below; head dimensions outside
+// {64, 128, 256} on GenericAttentionKernel; everything else (f32, decode) on
+// PagedAttentionKernel (SIMT fp32, no split-KV), which works like this:
 // one CTA of 256 threads per (block of BQ query rows, KV head, sequence). A
 // "row" is one (query, query head) pair of the KV head's GQA group, so a
 // decode step's group of query heads shares one pass over the keys. The CTA
@@ -431,6 +435,455 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ------------------------------------- PagedAttention, tensor cores (prefill)
+//
+// FlashPrefillKernel<D, M>: bf16 only, for batches with many query rows per
+// sequence. One CTA of kFlashThreads (4 warps) per (block of 64·M rows, KV
+// head, sequence), rows as above. Each warp owns M 16-row tiles of the
+// block; its scores and output live in mma.sync m16n8k16 accumulators (bf16
+// operands, fp32 accumulation), with the usual FlashAttention-2 choreography:
+//   - Q (bf16) stays in shared memory; K and V tiles of kFlashKeys keys are
+//     gathered through the page table with cp.async (16-byte chunks, zero
+//     fill for keys whose page is missing) into one K and one V buffer, so
+//     that V_t loads during S = Q·K_tᵀ and K_{t+1} loads during O += P·V_t;
+//   - the page-table entries of tile t + 2 are read into a register during
+//     tile t, and turned into per-key offsets and a validity mask in shared
+//     memory (two buffers) during tile t + 1;
+//   - scores are scaled by scale·log2 e in fp32, masked (causal, window,
+//     missing pages) only on tiles that need it, and folded into a running
+//     max / sum per row (base-2 online softmax); P is rounded to bf16 as the
+//     A operand of P·V straight from the score accumulators;
+//   - the output is normalised, staged through the warp's own Q rows and
+//     stored in 16-byte chunks.
+// Rows of fully masked queries (and of sequences with an invalid context
+// length) get zeros, like the SIMT kernel.
+
+constexpr int kFlashWarps = 4;
+constexpr int kFlashThreads = 32 * kFlashWarps;
+constexpr int kFlashKeys = 64;  // keys per tile
+// Per-key K/V offsets ([2][kFlashKeys] each, int64) and validity bits
+// ([2][kFlashKeys / 32] words) of the two index buffers.
+constexpr int kFlashIndexBytes = 2 * 2 * kFlashKeys * 8 + 2 * kFlashKeys / 8;
+static_assert(kFlashIndexBytes % 16 == 0, "tiles stay 16-byte aligned");
+
+// Rows of the Q, K and V tiles are padded by 8 elements (16 bytes) so that
+// the 8 row addresses of one ldmatrix phase fall in distinct bank groups.
+__host__ __device__ constexpr int FlashStride(int d) { return d + 8; }
+
+constexpr size_t FlashSmemBytes(int d, int m_tiles) {
+  const int bq = 16 * m_tiles * kFlashWarps;
+  return kFlashIndexBytes + sizeof(__nv_bfloat16) *
+                                static_cast<size_t>(bq + 2 * kFlashKeys) *
+                                FlashStride(d);
+}
+
+__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Copies 16 bytes from global src to shared dst asynchronously, or writes
+// 16 zero bytes (reading nothing) when !valid.
+__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src,
+                                          bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
+               "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+__device__ __forceinline__ void CpAsyncWaitAll() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// Four 8×8 b16 matrices; lane l gives the row address of matrix l / 8.
+__device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(addr));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t addr,
+                                                uint32_t (&r)[4]) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, "
+      "[%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(addr));
+}
+
+// c += a·b for one m16n8k16 tile (bf16 in, fp32 accumulate).
+__device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4],
+                                        uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as bf16x2, lo in the low half.
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+template <int D, int M>
+__global__ void __launch_bounds__(kFlashThreads, 2)
+    FlashPrefillKernel(const PagedAttentionArgs a) {
+  using bf16 = __nv_bfloat16;
+  constexpr int kBq = 16 * M * kFlashWarps;
+  constexpr int kBk = kFlashKeys;
+  static_assert(kBk == 64 && kFlashThreads >= kBk,
+                "one index thread per key; the key mask is 64 bits");
+  constexpr int kStride = FlashStride(D);
+  constexpr int kChunks = D / 8;                     // 16-byte chunks per row
+  constexpr int kRowStep = kFlashThreads / kChunks;  // rows per copy pass
+  constexpr int kSTiles = kBk / 8;                   // n-tiles of S per m-tile
+  constexpr int kOTiles = D / 8;                     // n-tiles of O per m-tile
+  static_assert(D % 64 == 0 && kFlashThreads % kChunks == 0,
+                "head dim is a multiple of 64");
+
+  extern __shared__ float4 smem4[];
+  char* base = reinterpret_cast<char*>(smem4);
+  int64_t* k_off = reinterpret_cast<int64_t*>(base);  // [2][kBk]
+  int64_t* v_off = k_off + 2 * kBk;                   // [2][kBk]
+  uint32_t* key_bits = reinterpret_cast<uint32_t*>(v_off + 2 * kBk);
+  bf16* qs = reinterpret_cast<bf16*>(base + kFlashIndexBytes);  // [kBq]
+  bf16* ks = qs + kBq * kStride;                                // [kBk]
+  bf16* vs = ks + kBk * kStride;                                // [kBk]
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int64_t b = blockIdx.z;
+  const int kvh = blockIdx.y;
+  const int group = a.num_q_heads / a.num_kv_heads;
+
+  const int64_t start = a.cu_seqlens[b];
+  const int64_t end = a.cu_seqlens[b + 1];
+  if (start < 0 || end < start || end > a.tokens) return;
+  const int64_t n = end - start;
+  const int64_t rows = n * group;
+  // Later row blocks (more keys under the causal mask) start first.
+  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kBq;
+  if (row0 >= rows) return;
+  const int64_t row_end = min(rows, row0 + kBq);
+  // Row row0 + r is query head (h0 + r) % group of token
+  // tok0 + (h0 + r) / group: 32-bit arithmetic past one 64-bit division.
+  const int64_t tok0 = row0 / group;
+  const int h0 = static_cast<int>(row0 - tok0 * group);
+  const int valid_rows = static_cast<int>(row_end - row0);
+
+  // Context lengths are i32, so every position fits an int.
+  const int64_t ctx = a.context_lens[b * a.context_lens_stride];
+  const int64_t capacity =
+      static_cast<int64_t>(a.kv.max_pages) * a.kv.page_size;
+  const bool ctx_ok = ctx >= n && ctx <= capacity;
+  const int q0 = static_cast<int>(ctx - n);
+  const int first_pos = q0 + static_cast<int>(tok0);
+  const int last_pos = first_pos + (h0 + valid_rows - 1) / group;
+  const int key_lo = a.window > 0 ? max(0, first_pos - a.window + 1) : 0;
+  const int key_hi = last_pos + 1;
+  const int num_tiles = ctx_ok ? (key_hi - key_lo + kBk - 1) / kBk : 0;
+
+  // Q rows of the block (zeros past row_end).
+  const bf16* q = static_cast<const bf16*>(a.q);
+  for (int c = tid; c < kBq * kChunks; c += kFlashThreads) {
+    const int r = c / kChunks;
+    const int col = (c % kChunks) * 8;
+    const bool valid = r < valid_rows;
+    const bf16* src = q;
+    if (valid) {
+      const int64_t h = static_cast<int64_t>(kvh) * group + (h0 + r) % group;
+      src = q + (start + tok0 + (h0 + r) / group) * a.q_stride[0] +
+            h * a.q_stride[1] + col;
+    }
+    CpAsync16(SmemAddress(qs + r * kStride + col), src, valid);
+  }
+
+  // Page-table walk: thread tid < kBk owns key kb + tid of each tile.
+  const bf16* k_pages = static_cast<const bf16*>(a.kv.k_pages);
+  const bf16* v_pages = static_cast<const bf16*>(a.kv.v_pages);
+  const int32_t* table = a.kv.page_table + b * a.kv.page_table_stride[0];
+  auto fetch_page = [&](int tile) -> int {
+    const int p = key_lo + tile * kBk + tid;
+    if (tid >= kBk || tile >= num_tiles || p >= key_hi) return -1;
+    return table[static_cast<int64_t>(p / a.kv.page_size) *
+                 a.kv.page_table_stride[1]];
+  };
+  auto write_index = [&](int tile, int page) {
+    if (tid >= kBk) return;
+    const int p = key_lo + tile * kBk + tid;
+    const bool ok = page >= 0 && page < a.kv.num_pages;
+    const int64_t off = p % a.kv.page_size;
+    const int buf = tile & 1;
+    k_off[buf * kBk + tid] = ok ? page * a.kv.k_stride[0] +
+                                      off * a.kv.k_stride[1] +
+                                      kvh * a.kv.k_stride[2]
+                                : 0;
+    v_off[buf * kBk + tid] = ok ? page * a.kv.v_stride[0] +
+                                      off * a.kv.v_stride[1] +
+                                      kvh * a.kv.v_stride[2]
+                                : 0;
+    const uint32_t bits = __ballot_sync(0xffffffffu, ok);
+    if (lane == 0) key_bits[buf * 2 + warp] = bits;
+  };
+  auto tile_bits = [&](int buf) -> uint64_t {
+    return key_bits[buf * 2] | static_cast<uint64_t>(key_bits[buf * 2 + 1])
+                                   << 32;
+  };
+  // Gathers tile `tile` of K or V into `dst` (missing keys as zeros).
+  auto load_tile = [&](int tile, const bf16* pages, const int64_t* offsets,
+                       bf16* dst) {
+    const int buf = tile & 1;
+    const uint64_t bits = tile_bits(buf);
+    const int col = (tid % kChunks) * 8;
+#pragma unroll
+    for (int i = 0; i < kBk / kRowStep; ++i) {
+      const int r = tid / kChunks + i * kRowStep;
+      const bool valid = (bits >> r) & 1;
+      CpAsync16(SmemAddress(dst + r * kStride + col),
+                pages + offsets[buf * kBk + r] + col, valid);
+    }
+  };
+
+  int page = fetch_page(0);
+  if (num_tiles > 0) write_index(0, page);
+  page = fetch_page(1);
+  __syncthreads();
+  if (num_tiles > 0) load_tile(0, k_pages, k_off, ks);
+  CpAsyncCommit();
+
+  // Positions of this thread's rows: m-tile i, half h holds row
+  // warp·16·M + 16·i + 8·h + lane / 4 of the block (−1: past row_end).
+  const int g = lane >> 2;
+  const int tq = lane & 3;
+  int pos[M][2];
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = warp * 16 * M + 16 * i + 8 * h + g;
+      pos[i][h] = r < valid_rows ? first_pos + (h0 + r) / group : -1;
+    }
+  }
+
+  float o[M][kOTiles][4];
+  float row_max[M][2];
+  float row_sum[M][2];  // this thread's share; summed over the quad at the end
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_max[i][h] = -INFINITY;
+      row_sum[i][h] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kOTiles; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[i][j][e] = 0.0f;
+    }
+  }
+
+  const float scale_log2 = a.scale * kLog2e;
+  const uint32_t q_base = SmemAddress(
+      qs + (warp * 16 * M + (lane & 15)) * kStride + (lane >> 4) * 8);
+  const uint32_t k_base = SmemAddress(
+      ks + (((lane >> 4) << 3) + (lane & 7)) * kStride + ((lane >> 3) & 1) * 8);
+  const uint32_t v_base =
+      SmemAddress(vs + (lane & 15) * kStride + (lane >> 4) * 8);
+  constexpr uint32_t kRowBytes = kStride * sizeof(bf16);
+
+  for (int t = 0; t < num_tiles; ++t) {
+    // K_t (and Q) have landed; every warp is done with V_{t−1} and with the
+    // index buffer of tile t − 1.
+    CpAsyncWaitAll();
+    __syncthreads();
+    load_tile(t, v_pages, v_off, vs);
+    CpAsyncCommit();
+    if (t + 1 < num_tiles) write_index(t + 1, page);
+    page = fetch_page(t + 2);
+
+    // S = Q·K_tᵀ.
+    float s[M][kSTiles][4];
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+#pragma unroll
+      for (int j = 0; j < kSTiles; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[i][j][e] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[M][4];
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        LdMatrixX4(q_base + i * 16 * kRowBytes + kk * 32, qa[i]);
+      }
+#pragma unroll
+      for (int nn = 0; nn < kBk / 16; ++nn) {
+        uint32_t kb[4];
+        LdMatrixX4(k_base + nn * 16 * kRowBytes + kk * 32, kb);
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+          MmaBf16(s[i][2 * nn], qa[i], kb[0], kb[1]);
+          MmaBf16(s[i][2 * nn + 1], qa[i], kb[2], kb[3]);
+        }
+      }
+    }
+
+    // Scale, mask where some key of the tile is hidden from some row, and
+    // fold into the running softmax.
+    const int kb0 = key_lo + t * kBk;
+    const uint64_t bits = tile_bits(t & 1);
+    const bool need_mask = kb0 + kBk - 1 > first_pos ||
+                           (a.window > 0 && kb0 <= last_pos - a.window) ||
+                           bits != ~uint64_t{0};
+    if (need_mask) {
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+#pragma unroll
+        for (int j = 0; j < kSTiles; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int jj = 8 * j + 2 * tq + (e & 1);
+            const int p = kb0 + jj;
+            const int qp = pos[i][e >> 1];
+            const bool visible = ((bits >> jj) & 1) && p <= qp &&
+                                 (a.window <= 0 || p > qp - a.window);
+            s[i][j][e] = visible ? s[i][j][e] * scale_log2 : -INFINITY;
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+#pragma unroll
+        for (int j = 0; j < kSTiles; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[i][j][e] *= scale_log2;
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < kSTiles; ++j) {
+          mx = fmaxf(mx, fmaxf(s[i][j][2 * h], s[i][j][2 * h + 1]));
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(row_max[i][h], mx);
+        // All hidden so far: subtract 0 so that exp2(−inf) gives 0, not NaN.
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        const float factor = exp2f(row_max[i][h] - m_use);
+        row_max[i][h] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kSTiles; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f(s[i][j][2 * h + e] - m_use);
+            s[i][j][2 * h + e] = p;
+            sum += p;
+          }
+        }
+        row_sum[i][h] = row_sum[i][h] * factor + sum;
+#pragma unroll
+        for (int j = 0; j < kOTiles; ++j) {
+          o[i][j][2 * h] *= factor;
+          o[i][j][2 * h + 1] *= factor;
+        }
+      }
+    }
+
+    // V_t has landed; every warp is done with K_t.
+    CpAsyncWaitAll();
+    __syncthreads();
+    if (t + 1 < num_tiles) load_tile(t + 1, k_pages, k_off, ks);
+    CpAsyncCommit();
+
+    // O += P·V_t, P taken from the score accumulators.
+#pragma unroll
+    for (int kk = 0; kk < kBk / 16; ++kk) {
+      uint32_t pa[M][4];
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        pa[i][0] = PackBf16(s[i][2 * kk][0], s[i][2 * kk][1]);
+        pa[i][1] = PackBf16(s[i][2 * kk][2], s[i][2 * kk][3]);
+        pa[i][2] = PackBf16(s[i][2 * kk + 1][0], s[i][2 * kk + 1][1]);
+        pa[i][3] = PackBf16(s[i][2 * kk + 1][2], s[i][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t vb[4];
+        LdMatrixX4Trans(v_base + kk * 16 * kRowBytes + dn * 32, vb);
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+          MmaBf16(o[i][2 * dn], pa[i], vb[0], vb[1]);
+          MmaBf16(o[i][2 * dn + 1], pa[i], vb[2], vb[3]);
+        }
+      }
+    }
+  }
+
+  // Every copy has landed (also when no tile ran) before the warps reuse
+  // their Q rows for the output.
+  CpAsyncWaitAll();
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float l = row_sum[i][h];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      bf16* dst = qs + (warp * 16 * M + 16 * i + 8 * h + g) * kStride + 2 * tq;
+#pragma unroll
+      for (int j = 0; j < kOTiles; ++j) {
+        *reinterpret_cast<uint32_t*>(dst + 8 * j) =
+            PackBf16(o[i][j][2 * h] * inv, o[i][j][2 * h + 1] * inv);
+      }
+    }
+  }
+  __syncwarp();
+  bf16* out = static_cast<bf16*>(a.out);
+  for (int c = lane; c < 16 * M * kChunks; c += 32) {
+    const int r = warp * 16 * M + c / kChunks;
+    const int col = (c % kChunks) * 8;
+    if (r >= valid_rows) continue;
+    const int64_t h = static_cast<int64_t>(kvh) * group + (h0 + r) % group;
+    *reinterpret_cast<uint4*>(
+        out + (start + tok0 + (h0 + r) / group) * a.out_stride[0] +
+        h * a.out_stride[1] + col) =
+        *reinterpret_cast<const uint4*>(qs + r * kStride + col);
+  }
+}
+
+template <int D, int M>
+absl::Status LaunchFlashPrefill(const PagedAttentionArgs& a,
+                                cudaStream_t stream) {
+  constexpr size_t kSmem = FlashSmemBytes(D, M);
+  auto kernel = FlashPrefillKernel<D, M>;
+  absl::Status status = CudaStatus(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kSmem)),
+      "PagedAttention (tensor cores): cudaFuncSetAttribute");
+  if (!status.ok()) return status;
+  const int group = a.num_q_heads / a.num_kv_heads;
+  constexpr int kBq = 16 * M * kFlashWarps;
+  const int64_t row_blocks = (a.tokens * group + kBq - 1) / kBq;
+  const dim3 grid(static_cast<unsigned>(row_blocks),
+                  static_cast<unsigned>(a.num_kv_heads),
+                  static_cast<unsigned>(a.batch));
+  kernel<<<grid, kFlashThreads, kSmem, stream>>>(a);
+  return CudaStatus(cudaGetLastError(), "PagedAttention (tensor cores) launch");
+}
+
 // Head dimensions the tiled kernel does not cover (any D up to
 // kGenericAttentionMaxDim): one warp per (query, head), keys one at a time
 // with an online softmax. Simple and slow; it serves small models.
@@ -570,6 +1023,20 @@ absl::Status DispatchDim(const PagedAttentionArgs& a, bool vec_kv,
   }
 }
 
+// The tensor-core kernel for bf16 prefill (same rule as DispatchRows: more
+// than 16 rows per sequence on average).
+absl::Status DispatchFlashPrefill(const PagedAttentionArgs& a,
+                                  cudaStream_t stream) {
+  switch (a.head_dim) {
+    case 64:
+      return LaunchFlashPrefill<64, 2>(a, stream);
+    case 128:
+      return LaunchFlashPrefill<128, 2>(a, stream);
+    default:
+      return LaunchFlashPrefill<256, 1>(a, stream);
+  }
+}
+
 absl::Status CheckPagedKv(const char* op, const PagedKv& kv, int64_t batch) {
   if (kv.page_size < 1 || kv.max_pages < 0 || kv.num_pages < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -588,6 +1055,18 @@ absl::Status CheckPagedKv(const char* op, const PagedKv& kv, int64_t batch) {
 bool Strides4(const int64_t* strides, int count) {
   for (int i = 0; i < count; ++i) {
     if (strides[i] % 4 != 0) return false;
+  }
+  return true;
+}
+
+// True when bf16 pointer p is 16-byte aligned, and when strides keep 8-element
+// (16-byte) groups of bf16 aligned.
+bool Aligned8(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+bool Strides8(const int64_t* strides, int count) {
+  for (int i = 0; i < count; ++i) {
+    if (strides[i] % 8 != 0) return false;
   }
   return true;
 }
@@ -691,6 +1170,15 @@ absl::Status LaunchPagedAttention(const PagedAttentionArgs& a, void* stream) {
                       Strides4(a.kv.k_stride, 3) && Strides4(a.kv.v_stride, 3);
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   if (a.dtype == DType::kF32) return DispatchDim<float>(a, vec_kv, st);
+  // The tensor-core kernel moves rows in 16-byte (8-element) chunks.
+  const bool vec16 = Aligned8(a.q) && Aligned8(a.out) &&
+                     Aligned8(a.kv.k_pages) && Aligned8(a.kv.v_pages) &&
+                     Strides8(a.q_stride, 2) && Strides8(a.out_stride, 2) &&
+                     Strides8(a.kv.k_stride, 3) && Strides8(a.kv.v_stride, 3);
+  if (vec16 && a.tokens * group > 16 * a.batch &&
+      (a.head_dim == 64 || a.head_dim == 128 || a.head_dim == 256)) {
+    return DispatchFlashPrefill(a, st);
+  }
   return DispatchDim<__nv_bfloat16>(a, vec_kv, st);
 }
 

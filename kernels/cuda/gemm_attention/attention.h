@@ -88,7 +88,10 @@ struct PagedAttentionArgs {
 // Enqueues the attention and returns without waiting. Returns OK (T = 0
 // launches nothing); INVALID_ARGUMENT naming the field when a size is out of
 // range, the head dimension is unsupported or a required pointer is null;
-// INTERNAL when the launch fails.
+// INTERNAL when the launch fails. A bf16 prefill (more than 16 query rows per
+// sequence on average) with D in kPagedAttentionHeadDims runs on tensor cores
+// when q, out and the pools are 16-byte aligned and their strides are
+// multiples of 8 elements.
 absl::Status LaunchPagedAttention(const PagedAttentionArgs& args, void* stream);
 
 }  // namespace deltaserve

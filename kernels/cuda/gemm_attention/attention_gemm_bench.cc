@@ -2,8 +2,10 @@
 // prints one table:
 //   GEMM bf16 -> bf16 TFLOP/s for 4096×2048×2048 and 65536×2048×2048
 //     (anchor: 765 TFLOP/s);
-//   attention prefill TFLOP/s for one 16k-token causal sequence, H = 16,
-//     d = 128, bf16, page size 16 (anchor: torch SDPA 1.99 ms);
+//   attention prefill TFLOP/s for one causal sequence of 4k, 16k and 64k
+//     tokens, bf16, page size 16, random inputs: H = 16, d = 128 (anchor:
+//     torch SDPA 1.99 ms at 16k, 28.8 ms at 64k) and the Qwen3.5 shape
+//     Hq = 8, Hkv = 2, d = 256 (causal FLOPs counted as 4·T²/2·Hq·d);
 //   decode (one query per sequence) bandwidth over the KV read at long
 //     contexts (anchor: copy 4.25 TB/s).
 //
@@ -47,6 +49,21 @@ class Buffers {
     owned_.push_back(p);
     DS_RETURN_IF_ERROR(CudaStatus(cudaMemset(p, fill, bytes), "cudaMemset"));
     return p;
+  }
+  // `count` pseudo-random bf16 values (magnitudes in [0.25, 1), either sign)
+  // from a fixed seed.
+  absl::StatusOr<void*> RandomBf16(size_t count, uint32_t seed) {
+    std::vector<uint16_t> host(count);
+    uint32_t x = seed * 2654435761u + 1;
+    for (uint16_t& e : host) {
+      x = x * 1664525u + 1013904223u;
+      // Sign bit, biased exponent 125 or 126, 7 mantissa bits.
+      e = static_cast<uint16_t>(((x >> 16) & 0x8000u) |
+                                ((125u + ((x >> 14) & 1u)) << 7) |
+                                ((x >> 7) & 0x7fu));
+    }
+    DS_ASSIGN_OR_RETURN(uint16_t * p, Upload(host));
+    return static_cast<void*>(p);
   }
   template <typename T>
   absl::StatusOr<T*> Upload(const std::vector<T>& host) {
@@ -110,9 +127,11 @@ absl::Status BenchGemm(CublasLtGemm* gemm, int64_t m, int64_t n, int64_t k,
 }
 
 // One attention call over `batch` sequences of `n` queries each, with
-// `ctx` tokens of context each, page size 16, bf16.
+// `ctx` tokens of context each, page size 16, bf16. Prefill cases (not
+// `decode`) use random inputs and print `anchor` beside their rate.
 absl::Status BenchAttention(int64_t batch, int64_t n, int64_t ctx, int hq,
-                            int hkv, int dim, int reps, bool decode) {
+                            int hkv, int dim, int reps, bool decode,
+                            const char* anchor = "") {
   constexpr int kPageSize = 16;
   Buffers buffers;
   const int64_t pages_per_seq = (ctx + kPageSize - 1) / kPageSize;
@@ -127,8 +146,13 @@ absl::Status BenchAttention(int64_t batch, int64_t n, int64_t ctx, int hq,
   a.scale = 1.0f / std::sqrt(static_cast<float>(dim));
   const size_t kv_bytes =
       static_cast<size_t>(num_pages) * kPageSize * hkv * dim * 2;
-  DS_ASSIGN_OR_RETURN(a.kv.k_pages, buffers.Alloc(kv_bytes));
-  DS_ASSIGN_OR_RETURN(a.kv.v_pages, buffers.Alloc(kv_bytes));
+  if (decode) {
+    DS_ASSIGN_OR_RETURN(a.kv.k_pages, buffers.Alloc(kv_bytes));
+    DS_ASSIGN_OR_RETURN(a.kv.v_pages, buffers.Alloc(kv_bytes));
+  } else {
+    DS_ASSIGN_OR_RETURN(a.kv.k_pages, buffers.RandomBf16(kv_bytes / 2, 1));
+    DS_ASSIGN_OR_RETURN(a.kv.v_pages, buffers.RandomBf16(kv_bytes / 2, 2));
+  }
   std::vector<int32_t> table(static_cast<size_t>(num_pages));
   for (int64_t i = 0; i < num_pages; ++i) table[i] = static_cast<int32_t>(i);
   std::vector<int32_t> cu(static_cast<size_t>(batch + 1));
@@ -147,7 +171,11 @@ absl::Status BenchAttention(int64_t batch, int64_t n, int64_t ctx, int hq,
   a.kv.page_table_stride[0] = pages_per_seq;
   a.kv.page_table_stride[1] = 1;
   const size_t q_bytes = static_cast<size_t>(a.tokens) * hq * dim * 2;
-  DS_ASSIGN_OR_RETURN(a.q, buffers.Alloc(q_bytes));
+  if (decode) {
+    DS_ASSIGN_OR_RETURN(a.q, buffers.Alloc(q_bytes));
+  } else {
+    DS_ASSIGN_OR_RETURN(a.q, buffers.RandomBf16(q_bytes / 2, 3));
+  }
   DS_ASSIGN_OR_RETURN(a.out, buffers.Alloc(q_bytes));
   a.q_stride[0] = a.out_stride[0] = int64_t{hq} * dim;
   a.q_stride[1] = a.out_stride[1] = dim;
@@ -163,12 +191,13 @@ absl::Status BenchAttention(int64_t batch, int64_t n, int64_t ctx, int hq,
     std::printf("%-44s %10.3f %12.1f %14s\n", label, ms,
                 bytes / (ms * 1e-3) / 1e9, "GB/s (4250)");
   } else {
-    std::snprintf(label, sizeof(label), "prefill T=%lld Hq=%d Hkv=%d causal",
-                  static_cast<long long>(n), hq, hkv);
-    // Causal: half of the 4·T²·d·H multiply-adds of full attention.
+    std::snprintf(label, sizeof(label),
+                  "prefill T=%lld Hq=%d Hkv=%d d=%d causal",
+                  static_cast<long long>(n), hq, hkv, dim);
+    // Causal: half of the 4·T²·d·Hq FLOPs of full attention.
     const double flops = 2.0 * batch * n * static_cast<double>(n) * dim * hq;
     std::printf("%-44s %10.3f %12.1f %14s\n", label, ms,
-                flops / (ms * 1e-3) / 1e12, "SDPA 1.99 ms");
+                flops / (ms * 1e-3) / 1e12, anchor);
   }
   return absl::OkStatus();
 }
@@ -200,9 +229,13 @@ int Run(int argc, char** argv) {
   };
   report(BenchGemm(gemm->get(), 4096, 2048, 2048, reps));
   report(BenchGemm(gemm->get(), 65536, 2048, 2048, reps));
-  report(
-      BenchAttention(1, 16384, 16384, 16, 16, 128, std::min(reps, 5), false));
   report(BenchAttention(1, 4096, 4096, 16, 16, 128, reps, false));
+  report(BenchAttention(1, 16384, 16384, 16, 16, 128, std::min(reps, 5), false,
+                        "SDPA 1.99 ms"));
+  report(BenchAttention(1, 65536, 65536, 16, 16, 128, std::min(reps, 3), false,
+                        "SDPA 28.8 ms"));
+  report(BenchAttention(1, 16384, 16384, 8, 2, 256, std::min(reps, 5), false));
+  report(BenchAttention(1, 65536, 65536, 8, 2, 256, std::min(reps, 3), false));
   for (const int64_t ctx : {8192, 32768, 131072}) {
     report(BenchAttention(1, 1, ctx, 16, 16, 128, reps, true));
     report(BenchAttention(1, 1, ctx, 32, 4, 128, reps, true));

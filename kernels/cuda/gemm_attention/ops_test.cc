@@ -509,6 +509,34 @@ std::vector<AttnCase> AttnCases() {
   }
   // A realistic prefill: 4096 tokens, H = 16, d = 128, bf16.
   cases.push_back({DType::kBF16, 16, 16, 128, 0, {4096}, {0}, "prefill4096"});
+  // bf16 prefill runs on tensor cores. The Qwen3.5 attention shape (GQA
+  // group 4, D = 256) after long prefixes, global and windowed.
+  for (int window : {0, 48, 1000}) {
+    cases.push_back({DType::kBF16,
+                     8,
+                     2,
+                     256,
+                     window,
+                     {1000, 333, 2048},
+                     {3000, 0, 517},
+                     "qwen35prefix"});
+  }
+  // Varlen batches mixing one-token, short and long sequences.
+  for (int64_t dim : {64, 128, 256}) {
+    for (int window : {0, 100}) {
+      cases.push_back({DType::kBF16,
+                       8,
+                       2,
+                       dim,
+                       window,
+                       {1, 17, 130, 64, 600, 3, 257},
+                       {0, 40, 1000, 7, 0, 2000, 129},
+                       "varlen"});
+    }
+  }
+  // A group that does not divide the row blocks evenly.
+  cases.push_back(
+      {DType::kBF16, 6, 2, 128, 0, {777, 5}, {100, 50}, "group3prefill"});
   return cases;
 }
 
@@ -519,6 +547,75 @@ INSTANTIATE_TEST_SUITE_P(Batches, PagedAttentionTest,
                            os << info.param;
                            return os.str();
                          });
+
+// Missing pages (negative or out-of-range page-table entries inside the
+// context) hide their keys, and a sequence whose context length is shorter
+// than its queries gets zeros. CpuKernels rejects both, so the bf16 prefill
+// (tensor cores) is compared with the f32 kernel on the same bf16-rounded
+// inputs.
+TEST(PagedAttentionHolesTest, Bf16PrefillMatchesF32) {
+  if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
+  constexpr int64_t kPageSize = 16;
+  constexpr int64_t kHq = 8;
+  constexpr int64_t kHkv = 2;
+  for (int64_t dim : {64, 128, 256}) {
+    for (int window : {0, 100}) {
+      SCOPED_TRACE(::testing::Message() << "D " << dim << " window " << window);
+      std::mt19937 rng(static_cast<unsigned>(dim * 10 + window));
+      PagedLayout l =
+          MakeLayout({300, 5, 200, 64}, {90, 40, 0, 10}, kPageSize, &rng);
+      l.page_table[2] = -1;
+      l.page_table[10] = static_cast<int32_t>(l.num_pages + 7);
+      // Sequence 2's first page: its first 16 queries see no key at all.
+      l.page_table[2 * l.max_pages] = -5;
+      l.context_lens[1] = 3;  // fewer than its 5 queries
+      const int64_t qrow = kHq * dim;
+      const int64_t kvrow = kHkv * dim;
+      std::vector<float> q = Random(l.tokens * qrow, &rng, -2.0f, 2.0f);
+      std::vector<float> kp = Random(l.num_pages * kPageSize * kvrow, &rng);
+      std::vector<float> vp = Random(l.num_pages * kPageSize * kvrow, &rng);
+      for (auto* t : {&q, &kp, &vp}) RoundTo(DType::kBF16, t);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+
+      std::vector<float> results[2];
+      const DType dtypes[2] = {DType::kF32, DType::kBF16};
+      for (int i = 0; i < 2; ++i) {
+        DeviceBuffer dq, dkp, dvp, dpt, dcu, dctx, dout;
+        ASSERT_TRUE(dq.UploadFloats(q, dtypes[i]).ok());
+        ASSERT_TRUE(dkp.UploadFloats(kp, dtypes[i]).ok());
+        ASSERT_TRUE(dvp.UploadFloats(vp, dtypes[i]).ok());
+        ASSERT_TRUE(dpt.UploadI32(l.page_table).ok());
+        ASSERT_TRUE(dcu.UploadI32(l.cu).ok());
+        ASSERT_TRUE(dctx.UploadI32(l.context_lens).ok());
+        ASSERT_TRUE(dout.UploadFloats(std::vector<float>(l.tokens * qrow, 7.0f),
+                                      dtypes[i])
+                        .ok());
+        const absl::Status s = cuda_ops::PagedAttention(
+            dq.View({l.tokens, kHq, dim}),
+            dkp.View({l.num_pages, kPageSize, kHkv, dim}),
+            dvp.View({l.num_pages, kPageSize, kHkv, dim}),
+            dpt.View({l.batch, l.max_pages}), dcu.View({l.batch + 1}),
+            dctx.View({l.batch}), window, scale,
+            dout.View({l.tokens, kHq, dim}), Stream());
+        ASSERT_TRUE(s.ok()) << s;
+        ASSERT_TRUE(CudaStatus(cudaDeviceSynchronize(), "sync").ok());
+        ASSERT_TRUE(dout.DownloadFloats(&results[i]).ok());
+      }
+      const std::vector<float>& got = results[1];
+      EXPECT_LE(RelativeError(got, results[0]), kBf16Tolerance)
+          << "max abs diff " << MaxAbsDiff(got, results[0]);
+      // Zeros: all of sequence 1, and sequence 2's first 16 queries.
+      for (int64_t t = 0; t < l.tokens; ++t) {
+        const bool zero = (t >= l.cu[1] && t < l.cu[2]) ||
+                          (t >= l.cu[2] && t < l.cu[2] + kPageSize);
+        if (!zero) continue;
+        for (int64_t e = 0; e < qrow; ++e) {
+          ASSERT_EQ(got[t * qrow + e], 0.0f) << "token " << t << " elem " << e;
+        }
+      }
+    }
+  }
+}
 
 // ---------------------------------------------------------- Argument checks
 
