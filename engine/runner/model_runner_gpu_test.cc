@@ -13,6 +13,7 @@
 #include "engine/model/model.h"
 #include "engine/model/safetensors.h"
 #include "engine/runner/model_runner.h"
+#include "engine/runner/runner_harness.h"
 #include "engine/state/state_pool.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -69,108 +70,25 @@ std::vector<int32_t> I64ToI32(const TensorEntry& e) {
   return out;
 }
 
-std::shared_ptr<Model> LoadOrDie(const std::string& dir) {
-  auto model = Model::Load(dir);
-  EXPECT_TRUE(model.ok()) << model.status();
-  if (!model.ok()) std::abort();
-  return std::shared_ptr<Model>(std::move(*model));
+std::shared_ptr<const Model> LoadOrDie(const std::string& dir) {
+  return RunnerHarness::LoadOrDie(dir);
 }
 
-// One runner (GPU or CPU) over a model, with sequences to feed.
-class Harness {
+// The shared harness on CudaKernels (gpu) or CpuKernels.
+class Harness : public RunnerHarness {
  public:
-  Harness(std::shared_ptr<Model> model, bool gpu, bool record = true)
-      : model_(std::move(model)) {
-    if (gpu) {
-      auto k = CudaKernels::Create({});
-      EXPECT_TRUE(k.ok()) << k.status();
-      kernels_ = std::move(*k);
-    } else {
-      kernels_ = std::move(*CpuKernels::Create({}));
-    }
-    StatePool::Options po;
-    po.max_slots = 8;
-    po.kv_capacity_tokens = 8192;
-    po.memory = kernels_->memory();
-    po.stream = kernels_->stream();
-    po.kv_dtype = gpu ? DType::kBF16 : DType::kF32;
-    auto pool = StatePool::Create(model_->spec(), po);
-    EXPECT_TRUE(pool.ok()) << pool.status();
-    pool_ = std::move(*pool);
-    ModelRunner::Options ro;
-    ro.record_decode = record;
-    auto runner =
-        ModelRunner::Create(model_.get(), kernels_.get(), pool_.get(), ro);
-    EXPECT_TRUE(runner.ok()) << runner.status();
-    runner_ = std::move(*runner);
-  }
-
-  struct Seq {
-    int slot = -1;
-    SeqPages pages;
-    int64_t pos = 0;
-  };
-
-  Seq NewSeq() {
-    Seq s;
-    s.slot = *pool_->AllocateSlot();
-    return s;
-  }
-
-  // Feeds `tokens` in chunks; returns every token's logits.
-  std::vector<float> Feed(Seq* s, const std::vector<int32_t>& tokens,
-                          size_t chunk) {
-    std::vector<float> all, logits;
-    for (size_t at = 0; at < tokens.size(); at += chunk) {
-      const size_t n = std::min(chunk, tokens.size() - at);
-      EXPECT_TRUE(pool_->EnsureCapacity(&s->pages, s->pos + n).ok());
-      SequenceInput in{s->slot, &s->pages, s->pos,
-                       absl::MakeConstSpan(tokens.data() + at, n)};
-      absl::Status st = runner_->Forward({in}, /*all_logits=*/true, &logits);
-      EXPECT_TRUE(st.ok()) << st;
-      all.insert(all.end(), logits.begin(), logits.end());
-      s->pos += n;
-    }
-    return all;
-  }
-
-  // One decode step of every sequence in `seqs` with `next` as input;
-  // returns the device's greedy tokens and the logits of every row.
-  ForwardOutput Step(std::vector<Seq*> seqs, const std::vector<int32_t>& next) {
-    std::vector<SequenceInput> batch;
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      EXPECT_TRUE(
-          pool_->EnsureCapacity(&seqs[i]->pages, seqs[i]->pos + 1).ok());
-      batch.push_back({seqs[i]->slot, &seqs[i]->pages, seqs[i]->pos,
-                       absl::MakeConstSpan(&next[i], 1)});
-    }
-    ForwardRequest req;
-    req.argmax = true;
-    ForwardOutput out;
-    absl::Status st = runner_->Forward(batch, req, &out);
-    EXPECT_TRUE(st.ok()) << st;
-    for (Seq* s : seqs) ++s->pos;
-    return out;
-  }
-
-  // Greedy continuation of `n` tokens starting with `first`.
-  std::vector<int32_t> Greedy(Seq* s, int32_t first, int n) {
-    std::vector<int32_t> out = {first};
-    while (static_cast<int>(out.size()) < n) {
-      out.push_back(Step({s}, {out.back()}).argmax[0]);
-    }
-    return out;
-  }
-
-  const Model& model() const { return *model_; }
-  StatePool& pool() { return *pool_; }
-  ModelRunner& runner() { return *runner_; }
+  Harness(std::shared_ptr<const Model> model, bool gpu, bool record = true)
+      : RunnerHarness(std::move(model), MakeKernels(gpu),
+                      {.record_decode = record}) {}
 
  private:
-  std::shared_ptr<Model> model_;
-  std::unique_ptr<Kernels> kernels_;
-  std::unique_ptr<StatePool> pool_;
-  std::unique_ptr<ModelRunner> runner_;
+  static std::unique_ptr<Kernels> MakeKernels(bool gpu) {
+    if (!gpu) return std::move(*CpuKernels::Create({}));
+    auto k = CudaKernels::Create({});
+    EXPECT_TRUE(k.ok()) << k.status();
+    if (!k.ok()) std::abort();
+    return std::move(*k);
+  }
 };
 
 class GpuRunnerTest : public ::testing::Test {

@@ -11,6 +11,7 @@
 
 #include "engine/model/model.h"
 #include "engine/model/safetensors.h"
+#include "engine/runner/runner_harness.h"
 #include "engine/state/state_pool.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -55,92 +56,18 @@ std::vector<float> F32Of(const TensorEntry& e) {
   return out;
 }
 
-// One model, its kernels and state, and a helper that feeds a sequence.
-class Harness {
+// The shared harness on CpuKernels.
+class Harness : public RunnerHarness {
  public:
   explicit Harness(const std::string& dir) : Harness(LoadOrDie(dir)) {}
-  explicit Harness(std::unique_ptr<Model> model) : model_(std::move(model)) {
-    auto kernels = CpuKernels::Create({});
-    EXPECT_TRUE(kernels.ok());
-    kernels_ = std::move(*kernels);
-    StatePool::Options po;
-    po.max_slots = 4;
-    po.kv_capacity_tokens = 4096;
-    auto pool = StatePool::Create(model_->spec(), po);
-    EXPECT_TRUE(pool.ok());
-    pool_ = std::move(*pool);
-    auto runner =
-        ModelRunner::Create(model_.get(), kernels_.get(), pool_.get());
-    EXPECT_TRUE(runner.ok()) << runner.status();
-    runner_ = std::move(*runner);
-  }
-
-  static std::unique_ptr<Model> LoadOrDie(const std::string& dir) {
-    auto model = Model::Load(dir);
-    EXPECT_TRUE(model.ok()) << model.status();
-    if (!model.ok()) std::abort();
-    return std::move(*model);
-  }
-
-  struct Seq {
-    int slot = -1;
-    SeqPages pages;
-    int64_t pos = 0;
-  };
-
-  Seq NewSeq() {
-    Seq s;
-    s.slot = *pool_->AllocateSlot();
-    return s;
-  }
-
-  // Feeds `tokens` in chunks of `chunk`; returns the logits of every token.
-  std::vector<float> Feed(Seq* s, const std::vector<int32_t>& tokens,
-                          size_t chunk) {
-    std::vector<float> all, logits;
-    for (size_t at = 0; at < tokens.size(); at += chunk) {
-      const size_t n = std::min(chunk, tokens.size() - at);
-      EXPECT_TRUE(pool_->EnsureCapacity(&s->pages, s->pos + n).ok());
-      SequenceInput in;
-      in.slot = s->slot;
-      in.pages = &s->pages;
-      in.start_pos = s->pos;
-      in.tokens = absl::MakeConstSpan(tokens.data() + at, n);
-      absl::Status st = runner_->Forward({in}, /*all_logits=*/true, &logits);
-      EXPECT_TRUE(st.ok()) << st;
-      all.insert(all.end(), logits.begin(), logits.end());
-      s->pos += n;
-      pool_->ReleaseOutOfWindow(&s->pages, s->pos);
-      max_held_ = std::max(max_held_, s->pages.held());
-    }
-    return all;
-  }
+  explicit Harness(std::unique_ptr<Model> model)
+      : RunnerHarness(std::move(model), std::move(*CpuKernels::Create({})),
+                      {.max_slots = 4, .kv_capacity_tokens = 4096}) {}
 
   // Greedy continuation of `n` tokens after logits row `last`.
   std::vector<int32_t> Greedy(Seq* s, const float* last, int n) {
-    const int v = model_->spec().vocab_size;
-    std::vector<int32_t> out;
-    int32_t tok = Argmax(last, v);
-    for (int i = 0; i < n; ++i) {
-      out.push_back(tok);
-      if (i + 1 == n) break;
-      std::vector<float> logits = Feed(s, {tok}, 1);
-      tok = Argmax(logits.data(), v);
-    }
-    return out;
+    return RunnerHarness::Greedy(s, Argmax(last, model().spec().vocab_size), n);
   }
-
-  const Model& model() const { return *model_; }
-  int64_t max_held() const { return max_held_; }
-  StatePool& pool() { return *pool_; }
-  ModelRunner& runner() { return *runner_; }
-
- private:
-  std::unique_ptr<Model> model_;
-  std::unique_ptr<CpuKernels> kernels_;
-  std::unique_ptr<StatePool> pool_;
-  std::unique_ptr<ModelRunner> runner_;
-  int64_t max_held_ = 0;
 };
 
 class Qwen35TinyTest : public ::testing::Test {

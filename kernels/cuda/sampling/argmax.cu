@@ -26,6 +26,18 @@ __device__ __forceinline__ bool Better(const Best& a, const Best& b) {
   return a.index < b.index;
 }
 
+// The best of a warp's candidates, in lane 0.
+__device__ __forceinline__ Best WarpBest(Best best) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    Best o;
+    o.value = __shfl_down_sync(0xffffffffu, best.value, offset);
+    o.index = __shfl_down_sync(0xffffffffu, best.index, offset);
+    o.nan = __shfl_down_sync(0xffffffffu, best.nan, offset);
+    if (Better(o, best)) best = o;
+  }
+  return best;
+}
+
 __global__ void __launch_bounds__(kThreads)
     ArgmaxKernel(const float* __restrict__ logits, int64_t vocab,
                  int64_t stride, int32_t* __restrict__ out) {
@@ -37,26 +49,13 @@ __global__ void __launch_bounds__(kThreads)
     if (Better(c, best)) best = c;
   }
   // Warp reduction, then across warps through shared memory.
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    Best o;
-    o.value = __shfl_down_sync(0xffffffffu, best.value, offset);
-    o.index = __shfl_down_sync(0xffffffffu, best.index, offset);
-    o.nan = __shfl_down_sync(0xffffffffu, best.nan, offset);
-    if (Better(o, best)) best = o;
-  }
+  best = WarpBest(best);
   __shared__ Best warp_best[kThreads / 32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) warp_best[warp] = best;
   __syncthreads();
   if (warp == 0) {
-    best = warp_best[lane];
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      Best o;
-      o.value = __shfl_down_sync(0xffffffffu, best.value, offset);
-      o.index = __shfl_down_sync(0xffffffffu, best.index, offset);
-      o.nan = __shfl_down_sync(0xffffffffu, best.nan, offset);
-      if (Better(o, best)) best = o;
-    }
+    best = WarpBest(warp_best[lane]);
     if (lane == 0) out[blockIdx.x] = best.nan ? 0 : best.index;
   }
 }
