@@ -26,28 +26,11 @@ namespace {
 constexpr char kTinyDir[] = "tests/testdata/qwen35-tiny";
 constexpr char kDemoDir[] = "engine/model/demo-qwen35";
 
-double RelErr(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
-    den += double{b[i]} * b[i];
-  }
-  return std::sqrt(num / den);
-}
-
 double MaxAbs(const float* a, const float* b, size_t n) {
   double m = 0;
   for (size_t i = 0; i < n; ++i)
     m = std::max(m, std::fabs(double{a[i]} - b[i]));
   return m;
-}
-
-int32_t ArgmaxOf(const float* row, int n) {
-  int32_t best = 0;
-  for (int i = 1; i < n; ++i) {
-    if (row[i] > row[best]) best = i;
-  }
-  return best;
 }
 
 // The gap between the best and the second-best logit of a row.
@@ -58,16 +41,6 @@ double Margin(const float* row, int n) {
     if (i != best) second = std::max(second, double{row[i]});
   }
   return row[best] - second;
-}
-
-std::vector<int32_t> I64ToI32(const TensorEntry& e) {
-  std::vector<int32_t> out(e.numel());
-  for (int64_t i = 0; i < e.numel(); ++i) {
-    int64_t v;
-    std::memcpy(&v, e.data + 8 * i, 8);
-    out[i] = static_cast<int32_t>(v);
-  }
-  return out;
 }
 
 std::shared_ptr<const Model> LoadOrDie(const std::string& dir) {

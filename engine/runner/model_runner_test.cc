@@ -23,39 +23,6 @@ namespace {
 constexpr char kTinyDir[] = "tests/testdata/qwen35-tiny";
 constexpr char kDemoDir[] = "engine/model/demo-qwen35";
 
-double RelErr(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
-    den += double{b[i]} * b[i];
-  }
-  return std::sqrt(num / den);
-}
-
-int32_t Argmax(const float* row, int n) {
-  int32_t best = 0;
-  for (int i = 1; i < n; ++i) {
-    if (row[i] > row[best]) best = i;
-  }
-  return best;
-}
-
-std::vector<int32_t> I64ToI32(const TensorEntry& e) {
-  std::vector<int32_t> out(e.numel());
-  for (int64_t i = 0; i < e.numel(); ++i) {
-    int64_t v;
-    std::memcpy(&v, e.data + 8 * i, 8);
-    out[i] = static_cast<int32_t>(v);
-  }
-  return out;
-}
-
-std::vector<float> F32Of(const TensorEntry& e) {
-  std::vector<float> out(e.numel());
-  EXPECT_TRUE(ToF32(e, out.data(), out.size()).ok());
-  return out;
-}
-
 // The shared harness on CpuKernels.
 class Harness : public RunnerHarness {
  public:
@@ -66,7 +33,8 @@ class Harness : public RunnerHarness {
 
   // Greedy continuation of `n` tokens after logits row `last`.
   std::vector<int32_t> Greedy(Seq* s, const float* last, int n) {
-    return RunnerHarness::Greedy(s, Argmax(last, model().spec().vocab_size), n);
+    return RunnerHarness::Greedy(s, ArgmaxOf(last, model().spec().vocab_size),
+                                 n);
   }
 };
 

@@ -1,13 +1,48 @@
 #include "engine/runner/runner_harness.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "gtest/gtest.h"
 #include "kernels/memory.h"
 
 namespace deltaserve {
+
+double RelErr(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
+    den += double{b[i]} * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+int32_t ArgmaxOf(const float* row, int n) {
+  int32_t best = 0;
+  for (int i = 1; i < n; ++i) {
+    if (row[i] > row[best]) best = i;
+  }
+  return best;
+}
+
+std::vector<int32_t> I64ToI32(const TensorEntry& e) {
+  std::vector<int32_t> out(e.numel());
+  for (int64_t i = 0; i < e.numel(); ++i) {
+    int64_t v;
+    std::memcpy(&v, e.data + 8 * i, 8);
+    out[i] = static_cast<int32_t>(v);
+  }
+  return out;
+}
+
+std::vector<float> F32Of(const TensorEntry& e) {
+  std::vector<float> out(e.numel());
+  EXPECT_TRUE(ToF32(e, out.data(), out.size()).ok());
+  return out;
+}
 
 RunnerHarness::RunnerHarness(std::shared_ptr<const Model> model,
                              std::unique_ptr<Kernels> kernels,

@@ -10,11 +10,21 @@
 #include <vector>
 
 #include "engine/model/model.h"
+#include "engine/model/safetensors.h"
 #include "engine/runner/model_runner.h"
 #include "engine/state/state_pool.h"
 #include "kernels/kernels.h"
 
 namespace deltaserve {
+
+// ‖a − b‖ / ‖b‖ over n floats.
+double RelErr(const float* a, const float* b, size_t n);
+// The index of the largest of n floats (the first on ties).
+int32_t ArgmaxOf(const float* row, int n);
+// An i64 tensor of a safetensors file as i32.
+std::vector<int32_t> I64ToI32(const TensorEntry& e);
+// A tensor of a safetensors file as f32 (a test failure when it fails).
+std::vector<float> F32Of(const TensorEntry& e);
 
 class RunnerHarness {
  public:
