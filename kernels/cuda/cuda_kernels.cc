@@ -116,22 +116,34 @@ absl::StatusOr<std::unique_ptr<CudaKernels>> CudaKernels::Create(
     cudaStreamDestroy(stream);
     return st;
   }
+  void* workspace = nullptr;
+  const absl::Status allocated = CudaStatus(
+      cudaMalloc(&workspace, static_cast<size_t>(kAttentionWorkspaceBytes)),
+      "cudaMalloc attention workspace");
+  if (!allocated.ok()) {
+    cudaGetLastError();  // out of memory is not sticky
+    cudaFree(word);
+    cudaStreamDestroy(stream);
+    return allocated;
+  }
   return std::unique_ptr<CudaKernels>(new CudaKernels(
       options.device, std::move(gemm), std::make_unique<CudaMemory>(), stream,
-      static_cast<uint64_t*>(word)));
+      static_cast<uint64_t*>(word), workspace));
 }
 
 CudaKernels::CudaKernels(int device, std::unique_ptr<CublasLtGemm> gemm,
                          std::unique_ptr<CudaMemory> memory, void* stream,
-                         uint64_t* error_word)
+                         uint64_t* error_word, void* attention_workspace)
     : device_(device),
       gemm_(std::move(gemm)),
       memory_(std::move(memory)),
       stream_(stream),
-      error_word_(error_word) {}
+      error_word_(error_word),
+      attention_workspace_(attention_workspace) {}
 
 CudaKernels::~CudaKernels() {
   cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+  cudaFree(attention_workspace_);
   cudaFree(error_word_);
   cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
 }
@@ -298,8 +310,9 @@ absl::Status CudaKernels::PagedAttention(
     const TensorView& page_table, const TensorView& cu_seqlens,
     const TensorView& context_lens, int window, float scale,
     const TensorView& out, Stream stream) {
-  return cuda_ops::PagedAttention(q, k_pages, v_pages, page_table, cu_seqlens,
-                                  context_lens, window, scale, out, stream);
+  return cuda_ops::PagedAttention(
+      q, k_pages, v_pages, page_table, cu_seqlens, context_lens, window, scale,
+      out, attention_workspace_, kAttentionWorkspaceBytes, stream);
 }
 
 absl::Status CudaKernels::Synchronize(Stream stream) {

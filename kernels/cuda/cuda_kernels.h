@@ -19,10 +19,15 @@
 // read or written out of bounds; the chunked gated delta rule takes head
 // dims K ∈ {32, 64, 128} and V a multiple of 32.
 //
+// PagedAttention splits long decode contexts over many blocks through a
+// fixed workspace (kAttentionWorkspaceBytes, allocated once by Create, so
+// recorded graphs that use it stay valid).
+//
 // Owned by whoever runs the model (one per device). Thread-compatible: the
-// cuBLASLt workspace is shared, so calls on different streams must be
-// ordered. Create makes the device current on the calling thread; a thread
-// that calls the methods later must have made it current too (cudaSetDevice).
+// cuBLASLt and attention workspaces are shared, so calls on different streams
+// must be ordered. Create makes the device current on the calling thread; a
+// thread that calls the methods later must have made it current too
+// (cudaSetDevice).
 #ifndef DELTASERVE_KERNELS_CUDA_CUDA_KERNELS_H_
 #define DELTASERVE_KERNELS_CUDA_CUDA_KERNELS_H_
 
@@ -44,9 +49,12 @@ class CudaKernels final : public Kernels {
     int device = 0;
   };
 
-  // Selects the device and creates the cuBLASLt handle and workspace.
-  // FAILED_PRECONDITION when there is no such device; RESOURCE_EXHAUSTED or
-  // INTERNAL from cuBLASLt.
+  // Device memory PagedAttention keeps for split-KV decoding.
+  static constexpr int64_t kAttentionWorkspaceBytes = int64_t{64} << 20;
+
+  // Selects the device and creates the cuBLASLt handle and workspace and the
+  // attention workspace. FAILED_PRECONDITION when there is no such device;
+  // RESOURCE_EXHAUSTED or INTERNAL from cuBLASLt or cudaMalloc.
   static absl::StatusOr<std::unique_ptr<CudaKernels>> Create(
       const Options& options);
   ~CudaKernels() override;
@@ -121,12 +129,13 @@ class CudaKernels final : public Kernels {
  private:
   CudaKernels(int device, std::unique_ptr<CublasLtGemm> gemm,
               std::unique_ptr<CudaMemory> memory, void* stream,
-              uint64_t* error_word);
+              uint64_t* error_word, void* attention_workspace);
   int device_;
   std::unique_ptr<CublasLtGemm> gemm_;
   std::unique_ptr<CudaMemory> memory_;
-  void* stream_ = nullptr;          // cudaStream_t
-  uint64_t* error_word_ = nullptr;  // Embedding's id check while recording
+  void* stream_ = nullptr;               // cudaStream_t
+  uint64_t* error_word_ = nullptr;       // Embedding's id check while recording
+  void* attention_workspace_ = nullptr;  // kAttentionWorkspaceBytes
 };
 
 }  // namespace deltaserve

@@ -4,11 +4,14 @@
 // and values (4 elements at a time when the layout allows) to the page slot
 // its position maps to.
 //
-// PagedAttention runs on one of three kernels: bf16 prefill (more than 16
+// PagedAttention runs on one of four kernels: bf16 prefill (more than 16
 // query rows per sequence on average, D ∈ {64, 128, 256}, 16-byte aligned
-// rows) on tensor cores, FlashPrefillKernel below; head dimensions outside
-// {64, 128, 256} on GenericAttentionKernel; everything else (f32, decode) on
-// PagedAttentionKernel (SIMT fp32, no split-KV), which works like this:
+// rows) on tensor cores, FlashPrefillKernel below; bf16 decode (at most 16
+// rows per sequence on average, 16-byte aligned K and V rows) on tensor
+// cores with split-KV, FlashDecodeKernel below; head dimensions outside
+// {64, 128, 256} on GenericAttentionKernel; everything else (f32, unaligned
+// bf16) on PagedAttentionKernel (SIMT fp32; split-KV for decode), which
+// works like this:
 // one CTA of 256 threads per (block of BQ query rows, KV head, sequence). A
 // "row" is one (query, query head) pair of the KV head's GQA group, so a
 // decode step's group of query heads shares one pass over the keys. The CTA
@@ -161,6 +164,56 @@ __global__ void KvAppendKernel(const KvAppendArgs a, bool vec_in,
 
 // ---------------------------------------------------------- PagedAttention
 
+// Split-KV decoding. A decode launch may split the keys a row block sees,
+// [key_lo, key_hi), into `splits` consecutive ranges of SplitKeys each (a
+// multiple of the kernel's key granule, at least kMinSplitKeys, computed on
+// the device from the actual context), one block per range. Each block writes
+// its rows' partial result to the workspace: the output before normalisation
+// (fp32, [splits][T][Hq][D]) and the running max (base 2) and sum ([splits]
+// [T][Hq] float2 after the outputs); blocks whose range is empty write
+// (−inf, 0). SplitCombineKernel merges them into `out`. Row blocks that may
+// see fewer than kSingleSplitKeys keys run as one split.
+constexpr int kMinSplitKeys = 256;
+constexpr int kSingleSplitKeys = 2048;
+
+__device__ __forceinline__ int64_t SplitKeys(int64_t len, int splits,
+                                             int granule) {
+  int64_t keys = (len + splits - 1) / splits;
+  keys = max(keys, int64_t{kMinSplitKeys});
+  return (keys + granule - 1) / granule * granule;
+}
+
+// [lo, hi): the keys of split `split` of a row block that sees [key_lo,
+// key_hi).
+__device__ __forceinline__ void SplitRange(int64_t key_lo, int64_t key_hi,
+                                           int split, int splits, int granule,
+                                           int64_t* lo, int64_t* hi) {
+  if (splits == 1) {
+    *lo = key_lo;
+    *hi = key_hi;
+    return;
+  }
+  const int64_t keys = SplitKeys(key_hi - key_lo, splits, granule);
+  *lo = min(key_hi, key_lo + split * keys);
+  *hi = min(key_hi, *lo + keys);
+}
+
+// The partial output row and (max, sum) of (split, token, query head).
+__device__ __forceinline__ float* PartialOut(const PagedAttentionArgs& a,
+                                             int split, int64_t token,
+                                             int64_t head) {
+  return static_cast<float*>(a.workspace) +
+         ((split * a.tokens + token) * a.num_q_heads + head) * a.head_dim;
+}
+__device__ __forceinline__ float2* PartialMaxSum(const PagedAttentionArgs& a,
+                                                 int splits, int split,
+                                                 int64_t token, int64_t head) {
+  float2* base =
+      reinterpret_cast<float2*>(static_cast<float*>(a.workspace) +
+                                splits * a.tokens * a.num_q_heads * a.head_dim);
+  return base + (split * a.tokens + token) * a.num_q_heads + head;
+}
+
 // Bytes of dynamic shared memory of PagedAttentionKernel<D, R, ·>.
 constexpr int kIndexBytes = kKeyTile * (8 + 8 + 4) + 0;  // 640
 static_assert(kIndexBytes % 16 == 0, "shared index arrays keep alignment");
@@ -174,7 +227,8 @@ constexpr size_t AttentionSmemBytes(int d, int rows_per_thread) {
 
 template <int D, int R, typename T>
 __global__ void __launch_bounds__(kThreads)
-    PagedAttentionKernel(const PagedAttentionArgs a, bool vec_kv) {
+    PagedAttentionKernel(const PagedAttentionArgs a, bool vec_kv,
+                         int num_splits) {
   constexpr int kBq = 16 * R;
   constexpr int kBk = kKeyTile;
   constexpr int kCols = kBk / 16;  // keys per thread
@@ -205,8 +259,12 @@ __global__ void __launch_bounds__(kThreads)
   if (start < 0 || end < start || end > a.tokens) return;
   const int64_t n = end - start;
   const int64_t rows = n * group;
-  // Later row blocks (more keys under the causal mask) start first.
-  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kBq;
+  // blockIdx.x is (row block, split). Later row blocks (more keys under the
+  // causal mask) start first.
+  const int row_block = static_cast<int>(blockIdx.x) / num_splits;
+  const int split = static_cast<int>(blockIdx.x) - row_block * num_splits;
+  const int64_t row0 =
+      static_cast<int64_t>(gridDim.x / num_splits - 1 - row_block) * kBq;
   if (row0 >= rows) return;
   const int64_t row_end = min(rows, row0 + kBq);
 
@@ -220,6 +278,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t key_lo =
       a.window > 0 ? max(int64_t{0}, first_pos - a.window + 1) : int64_t{0};
   const int64_t key_hi = last_pos + 1;
+  int64_t split_lo = key_hi;
+  int64_t split_hi = key_hi;
+  if (ctx_ok) {
+    SplitRange(key_lo, key_hi, split, num_splits, kKeyTile, &split_lo,
+               &split_hi);
+  }
 
   const T* q = static_cast<const T*>(a.q);
   const float q_scale = a.scale * kLog2e;
@@ -256,13 +320,13 @@ __global__ void __launch_bounds__(kThreads)
 
   const T* k_pages = static_cast<const T*>(a.kv.k_pages);
   const T* v_pages = static_cast<const T*>(a.kv.v_pages);
-  for (int64_t kb = ctx_ok ? key_lo : key_hi; kb < key_hi; kb += kBk) {
+  for (int64_t kb = split_lo; kb < split_hi; kb += kBk) {
     if (tid < kBk) {
       const int64_t p = kb + tid;
       int ok = 0;
       int64_t ko = 0;
       int64_t vo = 0;
-      if (p < key_hi) {
+      if (p < split_hi) {
         const int64_t lp = p / a.kv.page_size;
         const int64_t page = a.kv.page_table[b * a.kv.page_table_stride[0] +
                                              lp * a.kv.page_table_stride[1]];
@@ -415,6 +479,23 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
 
+  if (num_splits > 1) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int64_t row = row0 + ty * R + i;
+      if (row >= row_end) continue;
+      const int64_t tok = start + row / group;
+      const int64_t h = static_cast<int64_t>(kvh) * group + row % group;
+      if (tx == 0) *PartialMaxSum(a, num_splits, split, tok, h) = {m[i], l[i]};
+      if (l[i] <= 0.0f) continue;
+      float* o = PartialOut(a, split, tok, h);
+#pragma unroll
+      for (int mm = 0; mm < kM; ++mm) {
+        *reinterpret_cast<float4*>(o + tx * 4 + 64 * mm) = acc[i][mm];
+      }
+    }
+    return;
+  }
   T* out = static_cast<T*>(a.out);
 #pragma unroll
   for (int i = 0; i < R; ++i) {
@@ -884,6 +965,572 @@ absl::Status LaunchFlashPrefill(const PagedAttentionArgs& a,
   return CudaStatus(cudaGetLastError(), "PagedAttention (tensor cores) launch");
 }
 
+// ------------------------------ PagedAttention, tensor cores (split decode)
+//
+// FlashDecodeKernel<D>: bf16 decode batches. One CTA of kDecodeThreads
+// (4 warps) per (split, KV head, sequence); it walks the sequence's rows
+// kDecodeRows (8) at a time, usually once (a decode step's GQA group), over
+// its split's keys. The products run transposed so that the 8 rows are the
+// N of mma.sync m16n8k16 and 16 keys its M:
+//   Sᵀ[16 keys][8 rows] = K[16 keys][D] · Qᵀ,
+//   Oᵀ[D][8 rows]      += Vᵀ[D][16 keys] · Pᵀ[16 keys][8 rows],
+// with K and V fragments loaded straight from the pages into registers (no
+// shared memory, no block barrier in the loop): the order of the D terms of
+// Q·Kᵀ and of the output columns is permuted so that every lane reads
+// 16-byte pieces. Lane (g = lane / 4, t = lane % 4) holds
+//   - of K rows g and g + 8 of a 16-key tile: the 8-element chunks 4c + t,
+//     c < D / 32; chunk c feeds k-steps 2c and 2c + 1 (Q is laid out the
+//     same way once per pass, as B fragments in shared memory);
+//   - of V rows 2t, 2t + 1, 2t + 8, 2t + 9: the chunks 8c + g, c < D / 64;
+//     word w of chunk c holds the output columns of m-tile 4c + w;
+// Pᵀ comes from the Sᵀ accumulators through movmatrix (an 8×8 transpose).
+// Warp w takes the steps w, w + 4, ... of 16·(256 / D) keys each (a step
+// reads 16 KB of K and V per warp) with its own online softmax (base 2,
+// fp32); the 4 warps merge through shared memory at the end. Rows of fully
+// masked queries (and of sequences with an invalid context length) get
+// zeros, like the other kernels.
+
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeThreads = 32 * kDecodeWarps;
+constexpr int kDecodeRows = 8;
+
+template <int D>
+struct DecodeShape {
+  static constexpr int kSub = 256 / D;         // 16-key tiles per step
+  static constexpr int kStepKeys = 16 * kSub;  // keys per warp step
+  static constexpr int kKChunks = D / 32;      // K chunks per key and lane
+  static constexpr int kVChunks = D / 64;      // V chunks per key and lane
+  static constexpr int kKSteps = D / 16;       // k-steps of Sᵀ
+  static constexpr int kMTiles = D / 16;       // m-tiles of Oᵀ
+  static constexpr int kOutStride = D + 4;     // padded staging row
+  static constexpr int kGranule = kDecodeWarps * kStepKeys;
+};
+
+constexpr size_t DecodeSmemBytes(int d) {
+  // Q fragments [D/16][32] uint2, staged warp outputs [warps][8][D + 4]
+  // floats, warp (max, sum) [warps][8] and block (max, sum) [8] float2.
+  return static_cast<size_t>(d) / 16 * 32 * 8 +
+         sizeof(float) * kDecodeWarps * kDecodeRows * (d + 4) +
+         8 * (kDecodeWarps + 1) * kDecodeRows;
+}
+
+// Transposes an 8×8 matrix of b16 held as mma fragments (lane l: row l / 4,
+// columns 2·(l % 4) and 2·(l % 4) + 1).
+__device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n"
+               : "=r"(y)
+               : "r"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t Word(const uint4& v, int w) {
+  return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
+}
+
+__device__ __forceinline__ uint32_t PackRaw(__nv_bfloat16 lo,
+                                            __nv_bfloat16 hi) {
+  return static_cast<uint32_t>(__bfloat16_as_ushort(lo)) |
+         static_cast<uint32_t>(__bfloat16_as_ushort(hi)) << 16;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kDecodeThreads, 2)
+    FlashDecodeKernel(const PagedAttentionArgs a, int num_splits) {
+  using bf16 = __nv_bfloat16;
+  using Shape = DecodeShape<D>;
+  constexpr int kSub = Shape::kSub;
+  constexpr int kKChunks = Shape::kKChunks;
+  constexpr int kVChunks = Shape::kVChunks;
+  constexpr int kKSteps = Shape::kKSteps;
+  constexpr int kMTiles = Shape::kMTiles;
+  constexpr int kOs = Shape::kOutStride;
+  static_assert(D % 64 == 0 && D <= 256, "head dim is 64, 128 or 256");
+
+  extern __shared__ float4 smem4[];
+  uint2* qf = reinterpret_cast<uint2*>(smem4);  // [kKSteps][32]
+  float* staged = reinterpret_cast<float*>(qf + kKSteps * 32);
+  float2* warp_ml = reinterpret_cast<float2*>(
+      staged + kDecodeWarps * kDecodeRows * kOs);           // [warps][8]
+  float2* block_ml = warp_ml + kDecodeWarps * kDecodeRows;  // [8]
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int split = blockIdx.x;
+  const int kvh = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int group = a.num_q_heads / a.num_kv_heads;
+
+  const int64_t start = a.cu_seqlens[b];
+  const int64_t end = a.cu_seqlens[b + 1];
+  if (start < 0 || end < start || end > a.tokens) return;
+  const int64_t n = end - start;
+  const int64_t rows = n * group;
+  const int64_t ctx = a.context_lens[b * a.context_lens_stride];
+  const int64_t capacity =
+      static_cast<int64_t>(a.kv.max_pages) * a.kv.page_size;
+  const bool ctx_ok = ctx >= n && ctx <= capacity;
+
+  const bf16* q = static_cast<const bf16*>(a.q);
+  const bf16* k_pages = static_cast<const bf16*>(a.kv.k_pages);
+  const bf16* v_pages = static_cast<const bf16*>(a.kv.v_pages);
+  const int32_t* table = a.kv.page_table + b * a.kv.page_table_stride[0];
+  const int64_t k_head = static_cast<int64_t>(kvh) * a.kv.k_stride[2];
+  const int64_t v_head = static_cast<int64_t>(kvh) * a.kv.v_stride[2];
+  const unsigned page_size = static_cast<unsigned>(a.kv.page_size);
+  const float scale_log2 = a.scale * kLog2e;
+
+  for (int64_t row0 = 0; row0 < rows; row0 += kDecodeRows) {
+    // Row row0 + r is query head (h0 + r) % group of token
+    // tok0 + (h0 + r) / group.
+    const int64_t tok0 = row0 / group;
+    const int h0 = static_cast<int>(row0 - tok0 * group);
+    const int valid_rows =
+        static_cast<int>(min(rows - row0, int64_t{kDecodeRows}));
+    auto row_token = [&](int r) { return start + tok0 + (h0 + r) / group; };
+    auto row_head = [&](int r) {
+      return static_cast<int64_t>(kvh) * group + (h0 + r) % group;
+    };
+    int64_t lo = 0;
+    int64_t hi = 0;         // this split's keys
+    int pos[2] = {-1, -1};  // positions of rows 2t and 2t + 1 (−1: none)
+    if (ctx_ok) {
+      const int64_t first_pos = ctx - n + tok0;
+      const int64_t last_pos = first_pos + (h0 + valid_rows - 1) / group;
+      const int64_t key_lo =
+          a.window > 0 ? max(int64_t{0}, first_pos - a.window + 1) : 0;
+      SplitRange(key_lo, last_pos + 1, split, num_splits, Shape::kGranule, &lo,
+                 &hi);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = 2 * t + i;
+        if (r < valid_rows)
+          pos[i] = static_cast<int>(first_pos) + (h0 + r) / group;
+      }
+    }
+    if (lo >= hi && num_splits > 1) {
+      // An empty range: only the (max, sum) = (−inf, 0) marker.
+      if (tid < valid_rows) {
+        *PartialMaxSum(a, num_splits, split, row_token(tid), row_head(tid)) = {
+            -INFINITY, 0.0f};
+      }
+      continue;
+    }
+
+    // The previous pass is done with shared memory.
+    __syncthreads();
+    for (int e = tid; e < kKSteps * 32; e += kDecodeThreads) {
+      const int s = e >> 5;
+      const int r = (e & 31) >> 2;
+      const int col = (4 * (s >> 1) + (e & 3)) * 8 + (s & 1) * 4;
+      uint2 frag = make_uint2(0u, 0u);
+      if (r < valid_rows) {
+        const bf16* src = q + row_token(r) * a.q_stride[0] +
+                          row_head(r) * a.q_stride[1] + col;
+        frag.x = PackRaw(src[0], src[1]);
+        frag.y = PackRaw(src[2], src[3]);
+      }
+      qf[e] = frag;
+    }
+    __syncthreads();
+
+    float o[kMTiles][4];
+#pragma unroll
+    for (int j = 0; j < kMTiles; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[j][e] = 0.0f;
+    }
+    float m[2] = {-INFINITY, -INFINITY};
+    float l[2] = {0.0f, 0.0f};  // this lane's share of the sums
+
+    // Element offset of key p's row in the pool (stride0, stride1, head), or
+    // −1 when p is past the range or its page is missing.
+    const int lim = static_cast<int>(hi);
+    auto key_row = [&](int p, int64_t stride0, int64_t stride1,
+                       int64_t head) -> int64_t {
+      if (p >= lim) return -1;
+      const unsigned lp = static_cast<unsigned>(p) / page_size;
+      const int64_t page = table[lp * a.kv.page_table_stride[1]];
+      if (page < 0 || page >= a.kv.num_pages) return -1;
+      return page * stride0 +
+             static_cast<int64_t>(static_cast<unsigned>(p) - lp * page_size) *
+                 stride1 +
+             head;
+    };
+
+    for (int64_t kb = lo + warp * Shape::kStepKeys; kb < hi;
+         kb += kDecodeWarps * Shape::kStepKeys) {
+      const int base = static_cast<int>(kb);
+      uint4 kr[kSub][2][kKChunks];
+      uint4 vr[kSub][4][kVChunks];
+      bool key_ok[kSub][2];
+#pragma unroll
+      for (int u = 0; u < kSub; ++u) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int64_t off =
+              key_row(base + 16 * u + g + 8 * i, a.kv.k_stride[0],
+                      a.kv.k_stride[1], k_head);
+          key_ok[u][i] = off >= 0;
+          const uint4* src = reinterpret_cast<const uint4*>(k_pages + off) + t;
+#pragma unroll
+          for (int c = 0; c < kKChunks; ++c) {
+            kr[u][i][c] =
+                off >= 0 ? __ldg(src + 4 * c) : make_uint4(0, 0, 0, 0);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int64_t off =
+              key_row(base + 16 * u + 2 * t + (i & 1) + 8 * (i >> 1),
+                      a.kv.v_stride[0], a.kv.v_stride[1], v_head);
+          const uint4* src = reinterpret_cast<const uint4*>(v_pages + off) + g;
+#pragma unroll
+          for (int c = 0; c < kVChunks; ++c) {
+            vr[u][i][c] =
+                off >= 0 ? __ldg(src + 8 * c) : make_uint4(0, 0, 0, 0);
+          }
+        }
+      }
+
+      // Sᵀ = K·Qᵀ: s[u][e] is key 16u + g + 8·(e / 2), row 2t + e % 2.
+      float s[kSub][4];
+#pragma unroll
+      for (int u = 0; u < kSub; ++u) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[u][e] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < kKSteps; ++ks) {
+          const uint2 qb = qf[ks * 32 + lane];
+          const uint4& k0 = kr[u][0][ks >> 1];
+          const uint4& k1 = kr[u][1][ks >> 1];
+          const uint32_t af[4] = {
+              Word(k0, 2 * (ks & 1)), Word(k1, 2 * (ks & 1)),
+              Word(k0, 2 * (ks & 1) + 1), Word(k1, 2 * (ks & 1) + 1)};
+          MmaBf16(s[u], af, qb.x, qb.y);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int p = base + 16 * u + g + 8 * (e >> 1);
+          const int qp = pos[e & 1];
+          const bool visible = key_ok[u][e >> 1] && p <= qp &&
+                               (a.window <= 0 || p > qp - a.window);
+          s[u][e] = visible ? s[u][e] * scale_log2 : -INFINITY;
+        }
+      }
+
+      // Fold the step into the running softmax of rows 2t and 2t + 1 (the
+      // max over the 8 lanes sharing t).
+      float factor[2];
+      float m_use[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < kSub; ++u) {
+          mx = fmaxf(mx, fmaxf(s[u][i], s[u][2 + i]));
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+        const float m_new = fmaxf(m[i], mx);
+        // All hidden so far: subtract 0 so that exp2(−inf) gives 0, not NaN.
+        m_use[i] = m_new == -INFINITY ? 0.0f : m_new;
+        factor[i] = exp2f(m[i] - m_use[i]);
+        m[i] = m_new;
+        l[i] *= factor[i];
+      }
+#pragma unroll
+      for (int u = 0; u < kSub; ++u) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[u][e] = exp2f(s[u][e] - m_use[e & 1]);
+          l[e & 1] += s[u][e];
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kMTiles; ++j) {
+        o[j][0] *= factor[0];
+        o[j][1] *= factor[1];
+        o[j][2] *= factor[0];
+        o[j][3] *= factor[1];
+      }
+
+      // Oᵀ += Vᵀ·Pᵀ.
+#pragma unroll
+      for (int u = 0; u < kSub; ++u) {
+        const uint32_t b0 = Transpose8x8(PackBf16(s[u][0], s[u][1]));
+        const uint32_t b1 = Transpose8x8(PackBf16(s[u][2], s[u][3]));
+#pragma unroll
+        for (int j = 0; j < kMTiles; ++j) {
+          const int c = j >> 2;
+          const int w = j & 3;
+          const uint32_t x0 = Word(vr[u][0][c], w);
+          const uint32_t x1 = Word(vr[u][1][c], w);
+          const uint32_t x2 = Word(vr[u][2][c], w);
+          const uint32_t x3 = Word(vr[u][3][c], w);
+          const uint32_t af[4] = {
+              __byte_perm(x0, x1, 0x5410), __byte_perm(x0, x1, 0x7632),
+              __byte_perm(x2, x3, 0x5410), __byte_perm(x2, x3, 0x7632)};
+          MmaBf16(o[j], af, b0, b1);
+        }
+      }
+    }
+
+    // Merge the warps: block max and sum per row, then each warp's output
+    // rescaled to the block max, staged and summed.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 4);
+      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 8);
+      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 16);
+      if (g == 0) warp_ml[warp * kDecodeRows + 2 * t + i] = {m[i], l[i]};
+    }
+    __syncthreads();
+    if (tid < kDecodeRows) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        mx = fmaxf(mx, warp_ml[w * kDecodeRows + tid].x);
+      }
+      float sum = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        const float2 ml = warp_ml[w * kDecodeRows + tid];
+        if (ml.x != -INFINITY) sum += ml.y * exp2f(ml.x - mx);
+      }
+      block_ml[tid] = {mx, sum};
+    }
+    __syncthreads();
+    float f[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      f[i] = m[i] == -INFINITY ? 0.0f : exp2f(m[i] - block_ml[2 * t + i].x);
+    }
+    float* mine = staged + warp * kDecodeRows * kOs;
+#pragma unroll
+    for (int j = 0; j < kMTiles; ++j) {
+      const int col = (8 * (j >> 2) + g) * 8 + 2 * (j & 3);
+      *reinterpret_cast<float2*>(mine + 2 * t * kOs + col) =
+          make_float2(o[j][0] * f[0], o[j][2] * f[0]);
+      *reinterpret_cast<float2*>(mine + (2 * t + 1) * kOs + col) =
+          make_float2(o[j][1] * f[1], o[j][3] * f[1]);
+    }
+    __syncthreads();
+    for (int e = tid; e < valid_rows * (D / 4); e += kDecodeThreads) {
+      const int r = e / (D / 4);
+      const int col = (e % (D / 4)) * 4;
+      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        const float4 x = *reinterpret_cast<const float4*>(
+            staged + (w * kDecodeRows + r) * kOs + col);
+        sum.x += x.x;
+        sum.y += x.y;
+        sum.z += x.z;
+        sum.w += x.w;
+      }
+      const float2 ml = block_ml[r];
+      if (num_splits == 1) {
+        const float inv = ml.y > 0.0f ? 1.0f / ml.y : 0.0f;
+        bf16* dst = static_cast<bf16*>(a.out) + row_token(r) * a.out_stride[0] +
+                    row_head(r) * a.out_stride[1] + col;
+        dst[0] = __float2bfloat16_rn(sum.x * inv);
+        dst[1] = __float2bfloat16_rn(sum.y * inv);
+        dst[2] = __float2bfloat16_rn(sum.z * inv);
+        dst[3] = __float2bfloat16_rn(sum.w * inv);
+      } else if (ml.y > 0.0f) {
+        *reinterpret_cast<float4*>(
+            PartialOut(a, split, row_token(r), row_head(r)) + col) = sum;
+      }
+    }
+    if (num_splits > 1 && tid < valid_rows) {
+      *PartialMaxSum(a, num_splits, split, row_token(tid), row_head(tid)) =
+          block_ml[tid];
+    }
+  }
+}
+
+// SplitCombineKernel<D, T>: one block per (query head, sequence) merges the
+// partial results of every token of the sequence: the max over the splits'
+// maxima, each split weighted by 2^(max_s − max), divided by the weighted
+// sum of the splits' sums (zero when nothing was visible). Thread (group,
+// column) adds the float4 column of splits group, group + kGroups, ...
+constexpr int kCombineThreads = 256;
+
+__device__ __forceinline__ float BlockReduce(float x, bool is_max,
+                                             float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float y = __shfl_xor_sync(0xffffffffu, x, o);
+    x = is_max ? fmaxf(x, y) : x + y;
+  }
+  __syncthreads();  // scratch is free
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  x = scratch[0];
+  for (int w = 1; w < kCombineThreads / 32; ++w) {
+    x = is_max ? fmaxf(x, scratch[w]) : x + scratch[w];
+  }
+  return x;
+}
+
+template <int D, typename T>
+__global__ void __launch_bounds__(kCombineThreads)
+    SplitCombineKernel(const PagedAttentionArgs a, int num_splits) {
+  constexpr int kCols = D / 4;
+  constexpr int kGroups = kCombineThreads / kCols;
+  __shared__ float weight[kPagedAttentionMaxSplits];
+  __shared__ float4 part[kGroups][kCols];
+  __shared__ float scratch[kCombineThreads / 32];
+
+  const int tid = threadIdx.x;
+  const int64_t h = blockIdx.x;
+  const int64_t b = blockIdx.y;
+  const int64_t start = a.cu_seqlens[b];
+  const int64_t end = a.cu_seqlens[b + 1];
+  if (start < 0 || end < start || end > a.tokens) return;
+  const int col = tid % kCols;
+  const int grp = tid / kCols;
+  for (int64_t tok = start; tok < end; ++tok) {
+    float mx = -INFINITY;
+    for (int s = tid; s < num_splits; s += kCombineThreads) {
+      const float2 ml = *PartialMaxSum(a, num_splits, s, tok, h);
+      if (ml.y > 0.0f) mx = fmaxf(mx, ml.x);
+    }
+    mx = BlockReduce(mx, true, scratch);
+    float sum = 0.0f;
+    for (int s = tid; s < num_splits; s += kCombineThreads) {
+      const float2 ml = *PartialMaxSum(a, num_splits, s, tok, h);
+      const float w = ml.y > 0.0f ? exp2f(ml.x - mx) : 0.0f;
+      weight[s] = w;
+      sum += w * ml.y;
+    }
+    sum = BlockReduce(sum, false, scratch);  // also publishes `weight`
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+    for (int s = grp; s < num_splits; s += kGroups) {
+      const float w = weight[s];
+      if (w == 0.0f) continue;
+      const float4 x =
+          *reinterpret_cast<const float4*>(PartialOut(a, s, tok, h) + col * 4);
+      acc.x += w * x.x;
+      acc.y += w * x.y;
+      acc.z += w * x.z;
+      acc.w += w * x.w;
+    }
+    part[grp][col] = acc;
+    __syncthreads();
+    if (tid < kCols) {
+      float4 total = part[0][tid];
+      for (int i = 1; i < kGroups; ++i) {
+        total.x += part[i][tid].x;
+        total.y += part[i][tid].y;
+        total.z += part[i][tid].z;
+        total.w += part[i][tid].w;
+      }
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      T* dst = static_cast<T*>(a.out) + tok * a.out_stride[0] +
+               h * a.out_stride[1] + tid * 4;
+      dst[0] = FromF32<T>(total.x * inv);
+      dst[1] = FromF32<T>(total.y * inv);
+      dst[2] = FromF32<T>(total.z * inv);
+      dst[3] = FromF32<T>(total.w * inv);
+    }
+    __syncthreads();  // `part` and `weight` are reused
+  }
+}
+
+// Blocks of `kernel` (`threads`, `smem` bytes) one multiprocessor holds; 0
+// when the query fails.
+int BlocksPerSm(const void* kernel, int threads, size_t smem) {
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads,
+                                                    smem) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return blocks;
+}
+
+// The number of key splits of a decode launch whose grid has `ctas` blocks
+// per split, `blocks_per_sm` of which fit a multiprocessor: one when no
+// workspace is given or a row block sees fewer than kSingleSplitKeys keys
+// (bounded by the page table's width or the window); else enough to fill
+// the GPU once, at most one per kMinSplitKeys keys, as many as fit the
+// workspace. Reads nothing from the device.
+int DecodeSplits(const PagedAttentionArgs& a, int blocks_per_sm, int64_t ctas,
+                 int64_t max_splits) {
+  if (a.workspace == nullptr || a.workspace_bytes <= 0 || blocks_per_sm < 1) {
+    return 1;
+  }
+  int64_t keys = static_cast<int64_t>(a.kv.max_pages) * a.kv.page_size;
+  if (a.window > 0) keys = std::min<int64_t>(keys, int64_t{a.window} + 16);
+  if (keys < kSingleSplitKeys) return 1;
+  int device = 0;
+  int sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) !=
+          cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  int64_t splits = std::min<int64_t>(keys / kMinSplitKeys, max_splits);
+  splits = std::min<int64_t>(
+      splits, int64_t{sms} * blocks_per_sm / std::max<int64_t>(ctas, 1));
+  splits = std::min<int64_t>(
+      splits, a.workspace_bytes / PagedAttentionSplitBytes(
+                                      a.tokens, a.num_q_heads, a.head_dim));
+  return static_cast<int>(std::max<int64_t>(splits, 1));
+}
+
+template <int D, typename T>
+absl::Status LaunchSplitCombine(const PagedAttentionArgs& a, int num_splits,
+                                cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(a.num_q_heads),
+                  static_cast<unsigned>(a.batch));
+  SplitCombineKernel<D, T><<<grid, kCombineThreads, 0, stream>>>(a, num_splits);
+  return CudaStatus(cudaGetLastError(),
+                    "PagedAttention (split combine) launch");
+}
+
+template <int D>
+absl::Status LaunchFlashDecode(const PagedAttentionArgs& a,
+                               cudaStream_t stream) {
+  constexpr size_t kSmem = DecodeSmemBytes(D);
+  static_assert(kSmem <= 48 * 1024, "no opt-in shared memory needed");
+  auto kernel = FlashDecodeKernel<D>;
+  static const int blocks_per_sm =
+      BlocksPerSm(reinterpret_cast<const void*>(kernel), kDecodeThreads, kSmem);
+  const int splits = DecodeSplits(a, blocks_per_sm, a.batch * a.num_kv_heads,
+                                  kPagedAttentionMaxSplits);
+  const dim3 grid(static_cast<unsigned>(splits),
+                  static_cast<unsigned>(a.num_kv_heads),
+                  static_cast<unsigned>(a.batch));
+  kernel<<<grid, kDecodeThreads, kSmem, stream>>>(a, splits);
+  const absl::Status status =
+      CudaStatus(cudaGetLastError(), "PagedAttention (decode) launch");
+  if (!status.ok() || splits == 1) return status;
+  return LaunchSplitCombine<D, __nv_bfloat16>(a, splits, stream);
+}
+
+absl::Status DispatchFlashDecode(const PagedAttentionArgs& a,
+                                 cudaStream_t stream) {
+  switch (a.head_dim) {
+    case 64:
+      return LaunchFlashDecode<64>(a, stream);
+    case 128:
+      return LaunchFlashDecode<128>(a, stream);
+    default:
+      return LaunchFlashDecode<256>(a, stream);
+  }
+}
+
 // Head dimensions the tiled kernel does not cover (any D up to
 // kGenericAttentionMaxDim): one warp per (query, head), keys one at a time
 // with an online softmax. Simple and slow; it serves small models.
@@ -977,6 +1624,8 @@ absl::Status LaunchGenericAttention(const PagedAttentionArgs& a,
   return CudaStatus(cudaGetLastError(), "PagedAttention (generic) launch");
 }
 
+// Launches PagedAttentionKernel<D, R, T>; decode launches (R = 1) split the
+// keys when the workspace allows.
 template <int D, int R, typename T>
 absl::Status LaunchAttention(const PagedAttentionArgs& a, bool vec_kv,
                              cudaStream_t stream) {
@@ -989,11 +1638,23 @@ absl::Status LaunchAttention(const PagedAttentionArgs& a, bool vec_kv,
   if (!status.ok()) return status;
   const int group = a.num_q_heads / a.num_kv_heads;
   const int64_t row_blocks = (a.tokens * group + 16 * R - 1) / (16 * R);
-  const dim3 grid(static_cast<unsigned>(row_blocks),
+  int splits = 1;
+  if (R == 1) {
+    // After cudaFuncSetAttribute: the dynamic shared memory may exceed 48 KB.
+    static const int blocks_per_sm =
+        BlocksPerSm(reinterpret_cast<const void*>(kernel), kThreads, kSmem);
+    splits = DecodeSplits(
+        a, blocks_per_sm, a.batch * a.num_kv_heads,
+        std::min<int64_t>(kPagedAttentionMaxSplits, INT32_MAX / row_blocks));
+  }
+  const dim3 grid(static_cast<unsigned>(row_blocks * splits),
                   static_cast<unsigned>(a.num_kv_heads),
                   static_cast<unsigned>(a.batch));
-  kernel<<<grid, kThreads, kSmem, stream>>>(a, vec_kv);
-  return CudaStatus(cudaGetLastError(), "PagedAttention launch");
+  kernel<<<grid, kThreads, kSmem, stream>>>(a, vec_kv, splits);
+  const absl::Status launched =
+      CudaStatus(cudaGetLastError(), "PagedAttention launch");
+  if (!launched.ok() || splits == 1) return launched;
+  return LaunchSplitCombine<D, T>(a, splits, stream);
 }
 
 template <int D, typename T>
@@ -1164,6 +1825,10 @@ absl::Status LaunchPagedAttention(const PagedAttentionArgs& a, void* stream) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": q, out, cu_seqlens or context_lens is null"));
   }
+  if (a.workspace != nullptr && !Aligned8(a.workspace)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": the workspace is not 16-byte aligned"));
+  }
   const int elem = DTypeSize(a.dtype);
   const bool vec_kv = Aligned4(a.kv.k_pages, elem) &&
                       Aligned4(a.kv.v_pages, elem) &&
@@ -1175,10 +1840,13 @@ absl::Status LaunchPagedAttention(const PagedAttentionArgs& a, void* stream) {
                      Aligned8(a.kv.k_pages) && Aligned8(a.kv.v_pages) &&
                      Strides8(a.q_stride, 2) && Strides8(a.out_stride, 2) &&
                      Strides8(a.kv.k_stride, 3) && Strides8(a.kv.v_stride, 3);
-  if (vec16 && a.tokens * group > 16 * a.batch &&
-      (a.head_dim == 64 || a.head_dim == 128 || a.head_dim == 256)) {
-    return DispatchFlashPrefill(a, st);
-  }
+  const bool tiled = a.head_dim == 64 || a.head_dim == 128 || a.head_dim == 256;
+  const bool decode = a.tokens * group <= 16 * a.batch;
+  if (tiled && !decode && vec16) return DispatchFlashPrefill(a, st);
+  // The decode kernel reads K and V rows in 16-byte pieces.
+  const bool kv16 = Aligned8(a.kv.k_pages) && Aligned8(a.kv.v_pages) &&
+                    Strides8(a.kv.k_stride, 3) && Strides8(a.kv.v_stride, 3);
+  if (tiled && decode && kv16) return DispatchFlashDecode(a, st);
   return DispatchDim<__nv_bfloat16>(a, vec_kv, st);
 }
 

@@ -29,6 +29,15 @@ namespace deltaserve {
 inline constexpr int kPagedAttentionHeadDims[] = {64, 128, 256};
 // Other head dimensions up to this run on a simple, slower kernel.
 inline constexpr int kGenericAttentionMaxDim = 256;
+// Most key-range splits one decode launch uses.
+inline constexpr int kPagedAttentionMaxSplits = 1024;
+
+// Bytes of workspace one split of a decode launch needs: an fp32 partial
+// output row plus its running max and sum per (query, query head).
+inline int64_t PagedAttentionSplitBytes(int64_t tokens, int num_q_heads,
+                                        int head_dim) {
+  return tokens * num_q_heads * (static_cast<int64_t>(head_dim) + 2) * 4;
+}
 
 // Paged KV pools [P, page_size, Hkv, D] and the page table [B, max_pages].
 struct PagedKv {
@@ -83,15 +92,28 @@ struct PagedAttentionArgs {
   int64_t q_stride[2] = {0, 0};  // token, head
   int64_t out_stride[2] = {0, 0};
   int64_t context_lens_stride = 1;
+  // Scratch device memory for split-KV decoding (16-byte aligned; null: one
+  // split). Nothing else may use it while the call's kernels run.
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
 
 // Enqueues the attention and returns without waiting. Returns OK (T = 0
 // launches nothing); INVALID_ARGUMENT naming the field when a size is out of
-// range, the head dimension is unsupported or a required pointer is null;
-// INTERNAL when the launch fails. A bf16 prefill (more than 16 query rows per
-// sequence on average) with D in kPagedAttentionHeadDims runs on tensor cores
-// when q, out and the pools are 16-byte aligned and their strides are
-// multiples of 8 elements.
+// range, the head dimension is unsupported, a required pointer is null or
+// the workspace is not 16-byte aligned; INTERNAL when the launch fails. A bf16
+// prefill (more than 16 query rows per sequence on average) with D in
+// kPagedAttentionHeadDims runs on tensor cores when q, out and the pools are
+// 16-byte aligned and their strides are multiples of 8 elements; a bf16 decode
+// batch (at most 16 rows per sequence on average) does when the pools are.
+// Decode batches with D in kPagedAttentionHeadDims split each sequence's keys
+// over several blocks when a workspace is given and a query may see 2048 keys
+// or more (the number of splits is chosen on the host from the page table's
+// width, the window, the batch and the query count, never from device data, so
+// a call can be recorded in a CUDA graph; each block sizes its key range from
+// the actual context on the device); a second kernel then combines the partial
+// results. The workspace is used for as many splits as fit
+// (PagedAttentionSplitBytes each, at most kPagedAttentionMaxSplits).
 absl::Status LaunchPagedAttention(const PagedAttentionArgs& args, void* stream);
 
 }  // namespace deltaserve

@@ -181,6 +181,17 @@ absl::Status PagedAttention(const TensorView& q, const TensorView& k_pages,
                             const TensorView& cu_seqlens,
                             const TensorView& context_lens, int window,
                             float scale, const TensorView& out, Stream stream) {
+  return PagedAttention(q, k_pages, v_pages, page_table, cu_seqlens,
+                        context_lens, window, scale, out, nullptr, 0, stream);
+}
+
+absl::Status PagedAttention(const TensorView& q, const TensorView& k_pages,
+                            const TensorView& v_pages,
+                            const TensorView& page_table,
+                            const TensorView& cu_seqlens,
+                            const TensorView& context_lens, int window,
+                            float scale, const TensorView& out, void* workspace,
+                            int64_t workspace_bytes, Stream stream) {
   constexpr char kOp[] = "PagedAttention";
   const DType dtype = FloatType(q);
   DS_RETURN_IF_ERROR(CheckView(kOp, "q", q, dtype, {kAny, kAny, kAny}));
@@ -239,6 +250,8 @@ absl::Status PagedAttention(const TensorView& q, const TensorView& k_pages,
   args.out_stride[0] = out.strides[0];
   args.out_stride[1] = out.strides[1];
   args.context_lens_stride = context_lens.strides[0];
+  args.workspace = workspace;
+  args.workspace_bytes = workspace == nullptr ? 0 : workspace_bytes;
   return LaunchPagedAttention(args, stream.native);
 }
 

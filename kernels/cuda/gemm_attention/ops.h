@@ -13,6 +13,8 @@
 #ifndef DELTASERVE_KERNELS_CUDA_GEMM_ATTENTION_OPS_H_
 #define DELTASERVE_KERNELS_CUDA_GEMM_ATTENTION_OPS_H_
 
+#include <cstdint>
+
 #include "absl/status/status.h"
 #include "kernels/cuda/gemm_attention/gemm.h"
 #include "kernels/kernels.h"
@@ -56,6 +58,22 @@ absl::Status PagedAttention(const TensorView& q, const TensorView& k_pages,
                             const TensorView& cu_seqlens,
                             const TensorView& context_lens, int window,
                             float scale, const TensorView& out, Stream stream);
+
+// The same with `workspace_bytes` of 16-byte aligned device memory at
+// `workspace` that decode batches use to split each sequence's keys over
+// several blocks (see attention.h); nothing else may use it until the call's
+// work on `stream` is done. The split count depends only on the shapes, so a
+// call recorded in a CUDA graph stays valid while the workspace lives. A null
+// workspace runs one split per sequence, like the overload above.
+//
+// Returns as above; INVALID_ARGUMENT also when the workspace is misaligned.
+absl::Status PagedAttention(const TensorView& q, const TensorView& k_pages,
+                            const TensorView& v_pages,
+                            const TensorView& page_table,
+                            const TensorView& cu_seqlens,
+                            const TensorView& context_lens, int window,
+                            float scale, const TensorView& out, void* workspace,
+                            int64_t workspace_bytes, Stream stream);
 
 }  // namespace deltaserve::cuda_ops
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <ostream>
@@ -262,9 +263,10 @@ struct PagedLayout {
   int64_t num_pages = 0;
 };
 
+// `min_pages`: the page table is at least this wide.
 PagedLayout MakeLayout(const std::vector<int64_t>& n,
                        const std::vector<int64_t>& prefix, int64_t page_size,
-                       std::mt19937* rng) {
+                       std::mt19937* rng, int64_t min_pages = 0) {
   PagedLayout l;
   l.batch = static_cast<int64_t>(n.size());
   l.cu.push_back(0);
@@ -276,7 +278,7 @@ PagedLayout MakeLayout(const std::vector<int64_t>& n,
     max_ctx = std::max(max_ctx, prefix[b] + n[b]);
   }
   l.tokens = l.cu.back();
-  l.max_pages = (max_ctx + page_size - 1) / page_size + 1;
+  l.max_pages = std::max((max_ctx + page_size - 1) / page_size + 1, min_pages);
   int64_t used = 0;
   for (int64_t b = 0; b < l.batch; ++b) {
     used += (l.context_lens[b] + page_size - 1) / page_size;
@@ -387,6 +389,11 @@ struct AttnCase {
   std::vector<int64_t> n;       // queries per sequence
   std::vector<int64_t> prefix;  // old tokens per sequence
   std::string name;
+  // Split-KV decoding: pass a workspace, widen the page table to this many
+  // pages, record the call in a CUDA graph.
+  bool workspace = false;
+  int64_t table_pages = 0;
+  bool graph = false;
 };
 
 std::ostream& operator<<(std::ostream& os, const AttnCase& c) {
@@ -403,11 +410,36 @@ class PagedAttentionTest : public ::testing::TestWithParam<AttnCase> {
   std::unique_ptr<CpuKernels> cpu_;
 };
 
+// The workspace the split-KV cases pass (CudaKernels' size).
+constexpr int64_t kWorkspaceBytes = int64_t{64} << 20;
+
+// Runs `call` on a new non-blocking stream recorded into a CUDA graph, then
+// replays the graph once and waits.
+void RunInGraph(const std::function<absl::Status(Stream)>& call) {
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+            cudaSuccess);
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
+            cudaSuccess);
+  const absl::Status s = call(Stream{stream});
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  ASSERT_TRUE(s.ok()) << s;
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 TEST_P(PagedAttentionTest, MatchesCpu) {
   const AttnCase& c = GetParam();
   constexpr int64_t kPageSize = 16;
   std::mt19937 rng(static_cast<unsigned>(c.hq * 1000 + c.dim + c.window));
-  const PagedLayout l = MakeLayout(c.n, c.prefix, kPageSize, &rng);
+  const PagedLayout l =
+      MakeLayout(c.n, c.prefix, kPageSize, &rng, c.table_pages);
   const int64_t qrow = c.hq * c.dim;
   const int64_t kvrow = c.hkv * c.dim;
   std::vector<float> q = Random(l.tokens * qrow, &rng, -2.0f, 2.0f);
@@ -426,14 +458,29 @@ TEST_P(PagedAttentionTest, MatchesCpu) {
   ASSERT_TRUE(
       dout.UploadFloats(std::vector<float>(l.tokens * qrow, 7.0f), c.dtype)
           .ok());
-  const absl::Status s = cuda_ops::PagedAttention(
-      dq.View({l.tokens, c.hq, c.dim}),
-      dkp.View({l.num_pages, kPageSize, c.hkv, c.dim}),
-      dvp.View({l.num_pages, kPageSize, c.hkv, c.dim}),
-      dpt.View({l.batch, l.max_pages}), dcu.View({l.batch + 1}),
-      dctx.View({l.batch}), c.window, scale, dout.View({l.tokens, c.hq, c.dim}),
-      Stream());
-  ASSERT_TRUE(s.ok()) << s;
+  testing::DeviceBuffer workspace;
+  if (c.workspace) {
+    // NaN everywhere: a partial result read before it is written shows.
+    ASSERT_TRUE(workspace.Allocate(kWorkspaceBytes).ok());
+    ASSERT_EQ(cudaMemset(workspace.get(), 0xff, kWorkspaceBytes), cudaSuccess);
+  }
+  auto call = [&](Stream stream) {
+    return cuda_ops::PagedAttention(
+        dq.View({l.tokens, c.hq, c.dim}),
+        dkp.View({l.num_pages, kPageSize, c.hkv, c.dim}),
+        dvp.View({l.num_pages, kPageSize, c.hkv, c.dim}),
+        dpt.View({l.batch, l.max_pages}), dcu.View({l.batch + 1}),
+        dctx.View({l.batch}), c.window, scale,
+        dout.View({l.tokens, c.hq, c.dim}), workspace.get(),
+        c.workspace ? kWorkspaceBytes : 0, stream);
+  };
+  if (c.graph) {
+    RunInGraph(call);
+    if (HasFatalFailure()) return;
+  } else {
+    const absl::Status s = call(Stream());
+    ASSERT_TRUE(s.ok()) << s;
+  }
   ASSERT_TRUE(CudaStatus(cudaDeviceSynchronize(), "sync").ok());
   std::vector<float> got;
   ASSERT_TRUE(dout.DownloadFloats(&got).ok());
@@ -453,6 +500,49 @@ TEST_P(PagedAttentionTest, MatchesCpu) {
   ASSERT_TRUE(cs.ok()) << cs;
   EXPECT_LE(RelativeError(got, want), Tolerance(c.dtype))
       << "max abs diff " << MaxAbsDiff(got, want);
+}
+
+// Decode at long contexts through the workspace (many key splits per
+// sequence), mostly in the Qwen3.5 shape (Hq = 8, Hkv = 2, D = 256, bf16).
+void AddSplitCases(std::vector<AttnCase>* cases) {
+  auto add = [cases](DType dtype, int64_t hq, int64_t hkv, int64_t dim,
+                     int window, std::vector<int64_t> n,
+                     std::vector<int64_t> prefix, const char* name,
+                     int64_t table_pages = 0, bool graph = false) {
+    cases->push_back({dtype, hq, hkv, dim, window, std::move(n),
+                      std::move(prefix), name, true, table_pages, graph});
+  };
+  constexpr DType kBf16 = DType::kBF16;
+  for (int window : {0, 4096}) {
+    add(kBf16, 8, 2, 256, window, {1}, {19999}, "split20k");
+    add(kBf16, 8, 2, 256, window, {1}, {99999}, "split100k");
+    add(kBf16, 8, 2, 256, window, {1, 1, 1, 1, 1},
+        {99999, 0, 19999, 1500, 4095}, "splitmix");
+    // Several queries per sequence: rows at different positions.
+    add(kBf16, 8, 2, 256, window, {3, 1, 2}, {30000, 5000, 0}, "splitmulti");
+    // A page table as wide as 1M tokens over short contexts.
+    add(kBf16, 8, 2, 256, window, {1, 1, 1}, {0, 99, 1499}, "splitwide", 65536);
+    add(DType::kF32, 8, 2, 128, window, {1, 1, 1}, {0, 99, 1499}, "splitwide",
+        65536);
+  }
+  for (int64_t dim : {64, 128}) {
+    for (int window : {0, 1000}) {
+      add(kBf16, 8, 2, dim, window, {1, 1}, {20000, 7000}, "splitdims");
+    }
+  }
+  // GQA groups of 1 and 16 (two row passes per token).
+  add(kBf16, 16, 16, 128, 0, {1, 1}, {20000, 3000}, "splitgroups");
+  add(kBf16, 32, 2, 128, 0, {1, 1}, {20000, 3000}, "splitgroups");
+  // f32 (and so the SIMT kernel) splits too.
+  for (int window : {0, 4096}) {
+    add(DType::kF32, 8, 2, 128, window, {1, 2}, {20000, 3000}, "splitf32");
+    add(DType::kF32, 8, 2, 256, window, {1, 1}, {20000, 3000}, "splitf32");
+  }
+  // Recorded in a CUDA graph.
+  add(kBf16, 8, 2, 256, 0, {1}, {19999}, "splitgraph", 0, true);
+  add(kBf16, 8, 2, 256, 4096, {1, 1, 1, 1, 1}, {99999, 0, 19999, 1500, 4095},
+      "splitgraph", 0, true);
+  add(DType::kF32, 8, 2, 128, 0, {1, 1}, {20000, 3000}, "splitgraph", 0, true);
 }
 
 std::vector<AttnCase> AttnCases() {
@@ -537,6 +627,7 @@ std::vector<AttnCase> AttnCases() {
   // A group that does not divide the row blocks evenly.
   cases.push_back(
       {DType::kBF16, 6, 2, 128, 0, {777, 5}, {100, 50}, "group3prefill"});
+  AddSplitCases(&cases);
   return cases;
 }
 
@@ -611,6 +702,79 @@ TEST(PagedAttentionHolesTest, Bf16PrefillMatchesF32) {
         if (!zero) continue;
         for (int64_t e = 0; e < qrow; ++e) {
           ASSERT_EQ(got[t * qrow + e], 0.0f) << "token " << t << " elem " << e;
+        }
+      }
+    }
+  }
+}
+
+// The split decode path (many splits through the workspace) with missing
+// pages inside long contexts and invalid context lengths, compared with the
+// f32 kernel run as one split on the same bf16-rounded inputs.
+TEST(PagedAttentionHolesTest, SplitDecodeMatchesOneSplit) {
+  if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
+  constexpr int64_t kPageSize = 16;
+  constexpr int64_t kHq = 8;
+  constexpr int64_t kHkv = 2;
+  constexpr int64_t kDim = 256;
+  testing::DeviceBuffer workspace;
+  ASSERT_TRUE(workspace.Allocate(kWorkspaceBytes).ok());
+  for (int window : {0, 4096}) {
+    SCOPED_TRACE(::testing::Message() << "window " << window);
+    std::mt19937 rng(static_cast<unsigned>(window + 1));
+    PagedLayout l =
+        MakeLayout({1, 1, 2, 1}, {30000, 2999, 5000, 10}, kPageSize, &rng);
+    l.page_table[100] = -1;
+    l.page_table[1800] = -3;
+    l.page_table[2 * l.max_pages + 200] = static_cast<int32_t>(l.num_pages + 7);
+    l.context_lens[1] = 0;  // fewer than its one query
+    l.context_lens[3] = static_cast<int32_t>(l.max_pages * kPageSize + 1);
+    const int64_t qrow = kHq * kDim;
+    const int64_t kvrow = kHkv * kDim;
+    std::vector<float> q = Random(l.tokens * qrow, &rng, -2.0f, 2.0f);
+    std::vector<float> kp = Random(l.num_pages * kPageSize * kvrow, &rng);
+    std::vector<float> vp = Random(l.num_pages * kPageSize * kvrow, &rng);
+    for (auto* t : {&q, &kp, &vp}) RoundTo(DType::kBF16, t);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(kDim));
+
+    // f32 as one split (the reference), f32 split, bf16 split.
+    std::vector<float> results[3];
+    const DType dtypes[3] = {DType::kF32, DType::kF32, DType::kBF16};
+    for (int i = 0; i < 3; ++i) {
+      DeviceBuffer dq, dkp, dvp, dpt, dcu, dctx, dout;
+      ASSERT_TRUE(dq.UploadFloats(q, dtypes[i]).ok());
+      ASSERT_TRUE(dkp.UploadFloats(kp, dtypes[i]).ok());
+      ASSERT_TRUE(dvp.UploadFloats(vp, dtypes[i]).ok());
+      ASSERT_TRUE(dpt.UploadI32(l.page_table).ok());
+      ASSERT_TRUE(dcu.UploadI32(l.cu).ok());
+      ASSERT_TRUE(dctx.UploadI32(l.context_lens).ok());
+      ASSERT_TRUE(dout.UploadFloats(std::vector<float>(l.tokens * qrow, 7.0f),
+                                    dtypes[i])
+                      .ok());
+      ASSERT_EQ(cudaMemset(workspace.get(), 0xff, kWorkspaceBytes),
+                cudaSuccess);
+      const absl::Status s = cuda_ops::PagedAttention(
+          dq.View({l.tokens, kHq, kDim}),
+          dkp.View({l.num_pages, kPageSize, kHkv, kDim}),
+          dvp.View({l.num_pages, kPageSize, kHkv, kDim}),
+          dpt.View({l.batch, l.max_pages}), dcu.View({l.batch + 1}),
+          dctx.View({l.batch}), window, scale, dout.View({l.tokens, kHq, kDim}),
+          i == 0 ? nullptr : workspace.get(), i == 0 ? 0 : kWorkspaceBytes,
+          Stream());
+      ASSERT_TRUE(s.ok()) << s;
+      ASSERT_TRUE(CudaStatus(cudaDeviceSynchronize(), "sync").ok());
+      ASSERT_TRUE(dout.DownloadFloats(&results[i]).ok());
+    }
+    EXPECT_LE(RelativeError(results[1], results[0]), kF32Tolerance)
+        << "max abs diff " << MaxAbsDiff(results[1], results[0]);
+    EXPECT_LE(RelativeError(results[2], results[0]), kBf16Tolerance)
+        << "max abs diff " << MaxAbsDiff(results[2], results[0]);
+    // Zeros: sequences 1 and 3 (one token each).
+    for (int i = 1; i < 3; ++i) {
+      for (int64_t t : {l.cu[1], l.cu[3]}) {
+        for (int64_t e = 0; e < qrow; ++e) {
+          ASSERT_EQ(results[i][t * qrow + e], 0.0f)
+              << "run " << i << " token " << t << " elem " << e;
         }
       }
     }
@@ -735,6 +899,10 @@ TEST_F(ArgumentTest, PagedAttentionRejectsBadViews) {
   strided.strides[2] = 2;
   ExpectInvalid(run(strided, pages, pages, pt, cu, ctx, 0, out),
                 "has last stride 2");
+  char* misaligned = reinterpret_cast<char*>(scratch_.data()) + 4;
+  ExpectInvalid(cuda_ops::PagedAttention(q, pages, pages, pt, cu, ctx, 0, 0.1f,
+                                         out, misaligned, 1024, Stream()),
+                "workspace is not 16-byte aligned");
 }
 
 }  // namespace
