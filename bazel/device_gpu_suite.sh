@@ -2,7 +2,8 @@
 # Bundles every GPU test (tests tagged gpu), every CUDA benchmark (binaries
 # under //kernels/cuda named *_bench, and //tests/bench:model_bench), the
 # server and the CLI into .device-bundle/, with a script that runs the tests
-# and benchmarks on the GPU machine in one call:
+# and the benchmarks (model_bench on both reference shapes) on the GPU
+# machine in one call:
 #
 #   here:        bazel/device_gpu_suite.sh [--no-bench]
 #   GPU machine: tar -xJf .device-pack/bundle.tar.xz &&
@@ -65,6 +66,14 @@ for b in "${benches[@]}"; do
   echo "=== $b"
   "$here/run.sh" "$b" 2>&1 | tee "$logs/$b.log"
 done
+if [[ ${#benches[@]} -gt 0 ]]; then
+  # Whole models of the two reference shapes (tests/bench/RESULTS.md).
+  for shape in deltanet-1.3b qwen3.5-0.8b; do
+    echo "=== model_bench --shape=$shape"
+    "$here/run.sh" model_bench --shape="$shape" 2>&1 |
+      tee "$logs/model_bench_$shape.log"
+  done
+fi
 echo "gpu tests: ${#tests[@]}, failed: $failed"
 exit $((failed > 0))
 EOS
