@@ -36,6 +36,12 @@ struct Views {
   TensorView F32(void* p, std::initializer_list<int64_t> shape) const {
     return TensorView::Contiguous(p, DType::kF32, shape, ctx.memory->device());
   }
+  // f32 rows [rows, cols] whose starts are `stride` floats apart.
+  TensorView Rows(float* p, int64_t rows, int64_t cols, int64_t stride) const {
+    TensorView v = F32(p, {rows, cols});
+    v.strides[0] = stride;
+    return v;
+  }
   int64_t act_size() const { return DTypeSize(ctx.act); }
 };
 
@@ -81,23 +87,44 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
   Scratch& sc = *ctx.scratch;
   // Everything between the input and output projections is f32 (the
   // recurrence compounds rounding); only out_proj's input is an activation.
-  DS_ASSIGN_OR_RETURN(void* qkv, sc.Get(kQkv, t * c * 4));
   DS_ASSIGN_OR_RETURN(void* z, sc.Get(kZ, t * vd * 4));
-  DS_ASSIGN_OR_RETURN(void* a, sc.Get(kA, t * hv * 4));
-  DS_ASSIGN_OR_RETURN(void* bb, sc.Get(kB, t * hv * 4));
   DS_ASSIGN_OR_RETURN(void* g, sc.Get(kG, t * hv * 4));
   DS_ASSIGN_OR_RETURN(void* beta, sc.Get(kBeta, t * hv * 4));
-  const TensorView qkv_view = vw.F32(qkv, {t, c});
-  DS_RETURN_IF_ERROR(
-      k.Gemm(x, w.in_proj_qkv.view(), qkv_view, false, ctx.stream));
-  if (spec.output_gate) {  // z gates the output norm only
+  // The input projections: qkv [T, c], z [T, vd] (with the output gate), b
+  // and a [T, hv]; one matrix product when they are stacked (in_proj_all),
+  // and then views into its rows.
+  const int64_t zd = spec.output_gate ? vd : 0;
+  const int64_t all = c + zd + 2 * hv;
+  TensorView qkv_view, a_view, b_view;
+  void* qkv = nullptr;
+  if (!w.in_proj_all.empty()) {
+    DS_ASSIGN_OR_RETURN(qkv, sc.Get(kQkv, t * all * 4));
+    DS_RETURN_IF_ERROR(k.Gemm(x, w.in_proj_all.view(), vw.F32(qkv, {t, all}),
+                              false, ctx.stream));
+    float* base = static_cast<float*>(qkv);
+    qkv_view = vw.Rows(base, t, c, all);
+    b_view = vw.Rows(base + c + zd, t, hv, all);
+    a_view = vw.Rows(base + c + zd + hv, t, hv, all);
+    if (zd > 0) DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, all, c, vd, z));
+  } else {
+    DS_ASSIGN_OR_RETURN(qkv, sc.Get(kQkv, t * c * 4));
+    DS_ASSIGN_OR_RETURN(void* a, sc.Get(kA, t * hv * 4));
+    DS_ASSIGN_OR_RETURN(void* bb, sc.Get(kB, t * hv * 4));
+    qkv_view = vw.F32(qkv, {t, c});
+    b_view = vw.F32(bb, {t, hv});
+    a_view = vw.F32(a, {t, hv});
     DS_RETURN_IF_ERROR(
-        k.Gemm(x, w.in_proj_z.view(), vw.F32(z, {t, vd}), false, ctx.stream));
+        k.Gemm(x, w.in_proj_qkv.view(), qkv_view, false, ctx.stream));
+    if (zd > 0) {  // z gates the output norm only
+      DS_RETURN_IF_ERROR(
+          k.Gemm(x, w.in_proj_z.view(), vw.F32(z, {t, vd}), false, ctx.stream));
+    }
+    DS_RETURN_IF_ERROR(
+        k.Gemm(x, w.in_proj_b.view(), b_view, false, ctx.stream));
+    DS_RETURN_IF_ERROR(
+        k.Gemm(x, w.in_proj_a.view(), a_view, false, ctx.stream));
   }
-  DS_RETURN_IF_ERROR(
-      k.Gemm(x, w.in_proj_b.view(), vw.F32(bb, {t, hv}), false, ctx.stream));
-  DS_RETURN_IF_ERROR(
-      k.Gemm(x, w.in_proj_a.view(), vw.F32(a, {t, hv}), false, ctx.stream));
+  const int64_t qkv_cols = qkv_view.strides[0];
   if (b.decode) {
     DS_RETURN_IF_ERROR(k.CausalConv1dUpdate(qkv_view, w.conv.view(), conv_state,
                                             b.slots, /*silu=*/true, qkv_view,
@@ -110,14 +137,14 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
   DS_ASSIGN_OR_RETURN(void* q, sc.Get(kQ, t * kd * 4));
   DS_ASSIGN_OR_RETURN(void* kk, sc.Get(kK, t * kd * 4));
   DS_ASSIGN_OR_RETURN(void* v, sc.Get(kV, t * vd * 4));
-  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, c, 0, kd, q));
-  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, c, kd, kd, kk));
-  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, c, 2 * kd, vd, v));
+  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, qkv_cols, 0, kd, q));
+  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, qkv_cols, kd, kd, kk));
+  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, qkv_cols, 2 * kd, vd, v));
   TensorView g_view;
   if (spec.use_decay) g_view = vw.F32(g, {t, hv});
-  DS_RETURN_IF_ERROR(k.GdnGates(
-      vw.F32(a, {t, hv}), vw.F32(bb, {t, hv}), w.a_log.view(), w.dt_bias.view(),
-      vw.F32(g, {t, hv}), vw.F32(beta, {t, hv}), ctx.stream));
+  DS_RETURN_IF_ERROR(k.GdnGates(a_view, b_view, w.a_log.view(),
+                                w.dt_bias.view(), vw.F32(g, {t, hv}),
+                                vw.F32(beta, {t, hv}), ctx.stream));
   DS_ASSIGN_OR_RETURN(void* core, sc.Get(kCore, t * vd * 4));
   const TensorView qv = vw.F32(q, {t, hk, spec.head_k_dim});
   const TensorView kv = vw.F32(kk, {t, hk, spec.head_k_dim});
@@ -222,13 +249,25 @@ absl::Status SwiGluMlpForward(const LayerContext& ctx, int intermediate_size,
   const Views vw{ctx};
   const int64_t t = ctx.batch->num_tokens;
   const int64_t i = intermediate_size;
-  DS_ASSIGN_OR_RETURN(void* gate,
-                      ctx.scratch->Get(kGate, t * i * vw.act_size()));
-  DS_ASSIGN_OR_RETURN(void* up, ctx.scratch->Get(kUp, t * i * vw.act_size()));
-  const TensorView gv = vw.Act(gate, {t, i});
-  const TensorView uv = vw.Act(up, {t, i});
-  DS_RETURN_IF_ERROR(k.Gemm(x, w.gate_proj.view(), gv, false, ctx.stream));
-  DS_RETURN_IF_ERROR(k.Gemm(x, w.up_proj.view(), uv, false, ctx.stream));
+  const int64_t es = vw.act_size();
+  TensorView gv, uv;
+  if (!w.gate_up.empty()) {
+    // One product for gate and up (stacked); views into its rows.
+    DS_ASSIGN_OR_RETURN(void* gu, ctx.scratch->Get(kGate, t * 2 * i * es));
+    DS_RETURN_IF_ERROR(
+        k.Gemm(x, w.gate_up.view(), vw.Act(gu, {t, 2 * i}), false, ctx.stream));
+    gv = vw.Act(gu, {t, i});
+    gv.strides[0] = 2 * i;
+    uv = vw.Act(static_cast<char*>(gu) + i * es, {t, i});
+    uv.strides[0] = 2 * i;
+  } else {
+    DS_ASSIGN_OR_RETURN(void* gate, ctx.scratch->Get(kGate, t * i * es));
+    DS_ASSIGN_OR_RETURN(void* up, ctx.scratch->Get(kUp, t * i * es));
+    gv = vw.Act(gate, {t, i});
+    uv = vw.Act(up, {t, i});
+    DS_RETURN_IF_ERROR(k.Gemm(x, w.gate_proj.view(), gv, false, ctx.stream));
+    DS_RETURN_IF_ERROR(k.Gemm(x, w.up_proj.view(), uv, false, ctx.stream));
+  }
   DS_RETURN_IF_ERROR(k.SwiGlu(gv, uv, gv, ctx.stream));
   return k.Gemm(gv, w.down_proj.view(), out, false, ctx.stream);
 }

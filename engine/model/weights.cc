@@ -173,9 +173,24 @@ TensorView Weight::view() const {
   return TensorView::F32(p, {n / cols, cols});
 }
 
+// The rows of `parts` (matrices of one width, some maybe empty) stacked.
+Weight Stacked(std::initializer_list<const Weight*> parts) {
+  Weight out;
+  int64_t rows = 0, cols = 0;
+  for (const Weight* w : parts) {
+    if (w->data.empty()) continue;
+    cols = w->shape.back();
+    rows += w->numel() / cols;
+    out.data.insert(out.data.end(), w->data.begin(), w->data.end());
+  }
+  out.shape = {rows, cols};
+  return out;
+}
+
 absl::StatusOr<ModelWeights> UploadWeights(const ModelWeights& host,
                                            DeviceMemory* memory,
-                                           DType matrix_dtype, Stream stream) {
+                                           DType matrix_dtype, Stream stream,
+                                           bool fuse) {
   if (matrix_dtype != DType::kF32 && matrix_dtype != DType::kBF16) {
     return absl::InvalidArgumentError(absl::StrCat(
         "weights cannot be uploaded as ", DTypeName(matrix_dtype)));
@@ -192,12 +207,30 @@ absl::StatusOr<ModelWeights> UploadWeights(const ModelWeights& host,
     BlockWeights& hb = const_cast<BlockWeights&>(host.blocks[i]);
     const std::vector<Weight*> from = BlockWeightList(hb);
     const std::vector<Weight*> to = BlockWeightList(out.blocks[i]);
+    BlockWeights& ob = out.blocks[i];
+    const bool fuse_gdr = fuse && !hb.gdr.in_proj_qkv.empty();
+    const bool fuse_mlp = fuse && !hb.gate_proj.empty();
     for (size_t j = 0; j < from.size(); ++j) {
+      const Weight* w = from[j];
+      if ((fuse_gdr && (w == &hb.gdr.in_proj_qkv || w == &hb.gdr.in_proj_z ||
+                        w == &hb.gdr.in_proj_b || w == &hb.gdr.in_proj_a)) ||
+          (fuse_mlp && (w == &hb.gate_proj || w == &hb.up_proj))) {
+        continue;  // uploaded stacked below
+      }
       // Matrices feed GEMMs; vectors and the conv taps stay f32.
-      const bool matrix = from[j]->shape.size() == 2 && from[j] != &hb.gdr.conv;
-      DS_RETURN_IF_ERROR(Upload(*from[j], memory,
-                                matrix ? matrix_dtype : DType::kF32, stream,
-                                to[j]));
+      const bool matrix = w->shape.size() == 2 && w != &hb.gdr.conv;
+      DS_RETURN_IF_ERROR(Upload(*w, memory, matrix ? matrix_dtype : DType::kF32,
+                                stream, to[j]));
+    }
+    if (fuse_gdr) {
+      DS_RETURN_IF_ERROR(Upload(Stacked({&hb.gdr.in_proj_qkv, &hb.gdr.in_proj_z,
+                                         &hb.gdr.in_proj_b, &hb.gdr.in_proj_a}),
+                                memory, matrix_dtype, stream,
+                                &ob.gdr.in_proj_all));
+    }
+    if (fuse_mlp) {
+      DS_RETURN_IF_ERROR(Upload(Stacked({&hb.gate_proj, &hb.up_proj}), memory,
+                                matrix_dtype, stream, &ob.gate_up));
     }
   }
   return out;

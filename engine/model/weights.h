@@ -41,11 +41,15 @@ struct GatedDeltaRuleWeights {
   Weight in_proj_z;    // [value_dim, D]
   Weight in_proj_b;    // [Hv, D]
   Weight in_proj_a;    // [Hv, D]
-  Weight conv;         // [conv_dim, W]
-  Weight a_log;        // [Hv]
-  Weight dt_bias;      // [Hv]
-  Weight norm;         // [head_v_dim]
-  Weight out_proj;     // [D, value_dim]
+  // Device copies only (UploadWeights with `fuse`): qkv, z (when present),
+  // b and a stacked as one [conv_dim (+ value_dim) + 2·Hv, D] matrix, and
+  // then the four above are left empty.
+  Weight in_proj_all;
+  Weight conv;      // [conv_dim, W]
+  Weight a_log;     // [Hv]
+  Weight dt_bias;   // [Hv]
+  Weight norm;      // [head_v_dim]
+  Weight out_proj;  // [D, value_dim]
 };
 
 struct AttentionWeights {
@@ -65,6 +69,9 @@ struct BlockWeights {
   Weight gate_proj;  // [I, D]
   Weight up_proj;    // [I, D]
   Weight down_proj;  // [D, I]
+  // Device copies only (UploadWeights with `fuse`): gate then up as one
+  // [2·I, D] matrix, and then gate_proj and up_proj are left empty.
+  Weight gate_up;
 };
 
 struct ModelWeights {
@@ -80,11 +87,14 @@ struct ModelWeights {
 
 // Copies every weight of `host` into `memory` (waiting for the copies):
 // matrices (projections, embedding, LM head) as `matrix_dtype` (f32 or
-// bf16), vectors and the conv weights as f32. RESOURCE_EXHAUSTED when the
-// memory is full; INTERNAL when a copy fails.
+// bf16), vectors and the conv weights as f32. With `fuse`, the matrices that
+// read the same input are stacked (in_proj_all, gate_up) so that one matrix
+// product computes them all. RESOURCE_EXHAUSTED when the memory is full;
+// INTERNAL when a copy fails.
 absl::StatusOr<ModelWeights> UploadWeights(const ModelWeights& host,
                                            DeviceMemory* memory,
-                                           DType matrix_dtype, Stream stream);
+                                           DType matrix_dtype, Stream stream,
+                                           bool fuse = false);
 
 // Loads the weights `spec` needs from `ckpt`. INVALID_ARGUMENT naming the
 // tensor when one is missing or has the wrong shape.

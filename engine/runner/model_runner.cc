@@ -50,7 +50,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
     runner->act_ = DType::kBF16;
     DS_ASSIGN_OR_RETURN(runner->device_weights_,
                         UploadWeights(model->weights(), memory, DType::kBF16,
-                                      kernels->stream()));
+                                      kernels->stream(), /*fuse=*/true));
     runner->weights_ = &runner->device_weights_;
   }
   return runner;

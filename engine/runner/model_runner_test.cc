@@ -15,6 +15,7 @@
 #include "engine/state/state_pool.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/memory.h"
 #include "nlohmann/json.hpp"
 
 namespace deltaserve {
@@ -106,6 +107,29 @@ TEST_F(Qwen35TinyTest, AttentionCacheMatchesReferenceKeysAndValues) {
   }
   EXPECT_LT(RelErr(got_k.data(), want_k.data(), want_k.size()), 1e-4);
   EXPECT_LT(RelErr(got_v.data(), want_v.data(), want_v.size()), 1e-4);
+}
+
+TEST_F(Qwen35TinyTest, StackedProjectionsGiveTheSameLogits) {
+  // The weights a device runner uses: input projections and gate/up stacked
+  // into single matrices (here in host memory, fp32, on the CPU kernels).
+  std::unique_ptr<Model> base = Harness::LoadOrDie(kTinyDir);
+  auto fused = UploadWeights(base->weights(), HostMemory(), DType::kF32,
+                             Stream(), /*fuse=*/true);
+  ASSERT_TRUE(fused.ok()) << fused.status();
+  ASSERT_FALSE(fused->blocks[0].gdr.in_proj_all.empty());
+  ASSERT_TRUE(fused->blocks[0].gdr.in_proj_qkv.empty());
+  ASSERT_FALSE(fused->blocks[0].gate_up.empty());
+  Harness stacked(Model::FromParts("tiny-stacked", base->spec(),
+                                   *std::move(fused), nullptr));
+  Harness::Seq s = stacked.NewSeq();
+  std::vector<float> logits = stacked.Feed(&s, prompt_, 37);
+  EXPECT_LT(RelErr(logits.data(), prefill_.data(), prefill_.size()), 1e-4);
+  const int v = stacked.model().spec().vocab_size;
+  const std::vector<int32_t> want =
+      I64ToI32(golden_->tensors().at("greedy_ids"));
+  EXPECT_EQ(
+      stacked.Greedy(&s, logits.data() + (prompt_.size() - 1) * v, want.size()),
+      want);
 }
 
 TEST_F(Qwen35TinyTest, BatchedSequencesMatchSingleSequences) {
