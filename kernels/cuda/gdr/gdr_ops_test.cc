@@ -257,6 +257,9 @@ std::vector<Case> Cases() {
   cases.push_back({lens, 2, 4, 64, 64, true, false, true, -8.0f});
   cases.push_back({{8192}, 2, 4, 128, 128, false, true, false});
   cases.push_back({{8192}, 16, 16, 128, 128, true, true, true, -0.05f});
+  // Several long sequences, 65536 tokens in all.
+  cases.push_back(
+      {{16384, 4001, 20000, 25151}, 2, 4, 128, 128, true, true, false, -0.05f});
   return cases;
 }
 

@@ -3,10 +3,11 @@
 // (B = 1, H = 16, K = V = 128) and FlashInfer's GDN prefill (4 × 8192 tokens,
 // 32 value heads; we use 16 key heads).
 //
-// Usage: gdr_prefill_bench [reps]   (default 20)
+// Usage: gdr_prefill_bench [reps [f32]]   (default 20, bf16)
 //
-// bf16 q, k, v and out; f32 g, beta and state; gate and l2norm on. Each row
-// is the median over `reps` launches of one call, timed with CUDA events.
+// bf16 (or f32) q, k, v and out; f32 g, beta and state; gate and l2norm on.
+// Each row is the median over `reps` launches of one call, timed with CUDA
+// events.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -85,15 +87,34 @@ std::vector<__nv_bfloat16> RandomBf16(size_t n, std::mt19937* rng) {
   return x;
 }
 
-absl::StatusOr<double> TimeConfig(const Config& c, int reps) {
+// Uploads n activations, bf16 or f32, uniform in [-1, 1] (all zero when
+// `zero`).
+absl::StatusOr<void*> UploadActivations(Buffers* buf, size_t n, bool bf16,
+                                        bool zero, std::mt19937* rng) {
+  if (bf16) {
+    DS_ASSIGN_OR_RETURN(
+        __nv_bfloat16 * p,
+        buf->Upload(zero ? std::vector<__nv_bfloat16>(n) : RandomBf16(n, rng)));
+    return static_cast<void*>(p);
+  }
+  DS_ASSIGN_OR_RETURN(
+      float* p,
+      buf->Upload(zero ? std::vector<float>(n) : Random(n, rng, -1.0f, 1.0f)));
+  return static_cast<void*>(p);
+}
+
+absl::StatusOr<double> TimeConfig(const Config& c, int reps, bool bf16) {
   std::mt19937 rng(42);
   const int64_t t = c.batch * c.seq_len;
   Buffers buf;
-  DS_ASSIGN_OR_RETURN(auto* q, buf.Upload(RandomBf16(t * c.hk * kDim, &rng)));
-  DS_ASSIGN_OR_RETURN(auto* k, buf.Upload(RandomBf16(t * c.hk * kDim, &rng)));
-  DS_ASSIGN_OR_RETURN(auto* v, buf.Upload(RandomBf16(t * c.hv * kDim, &rng)));
-  DS_ASSIGN_OR_RETURN(auto* out,
-                      buf.Upload(std::vector<__nv_bfloat16>(t * c.hv * kDim)));
+  DS_ASSIGN_OR_RETURN(
+      void* q, UploadActivations(&buf, t * c.hk * kDim, bf16, false, &rng));
+  DS_ASSIGN_OR_RETURN(
+      void* k, UploadActivations(&buf, t * c.hk * kDim, bf16, false, &rng));
+  DS_ASSIGN_OR_RETURN(
+      void* v, UploadActivations(&buf, t * c.hv * kDim, bf16, false, &rng));
+  DS_ASSIGN_OR_RETURN(
+      void* out, UploadActivations(&buf, t * c.hv * kDim, bf16, true, &rng));
   DS_ASSIGN_OR_RETURN(float* g, buf.Upload(Random(t * c.hv, &rng, -0.1f, 0)));
   DS_ASSIGN_OR_RETURN(float* beta, buf.Upload(Random(t * c.hv, &rng, 0, 1)));
   DS_ASSIGN_OR_RETURN(
@@ -118,7 +139,7 @@ absl::StatusOr<double> TimeConfig(const Config& c, int reps) {
   a.cu_seqlens = d_cu;
   a.slots = d_slots;
   a.out = out;
-  a.act_bf16 = true;
+  a.act_bf16 = bf16;
   a.tokens = t;
   a.batch = c.batch;
   a.num_slots = c.batch;
@@ -161,14 +182,15 @@ absl::StatusOr<double> TimeConfig(const Config& c, int reps) {
 
 int Main(int argc, char** argv) {
   const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 20;
+  const bool bf16 = !(argc > 2 && std::string(argv[2]) == "f32");
   std::printf(
-      "chunked gated delta rule prefill, K = V = %d, bf16 q/k/v/out, "
+      "chunked gated delta rule prefill, K = V = %d, %s q/k/v/out, "
       "f32 g/beta/state, median of %d\n",
-      kDim, reps);
+      kDim, bf16 ? "bf16" : "f32", reps);
   std::printf("%-14s %4s %4s %10s %10s %-11s %10s %8s\n", "shape", "Hk", "Hv",
               "tokens", "ours ms", "anchor", "anchor ms", "ratio");
   for (const Config& c : kConfigs) {
-    const absl::StatusOr<double> ms = TimeConfig(c, reps);
+    const absl::StatusOr<double> ms = TimeConfig(c, reps, bf16);
     if (!ms.ok()) {
       std::fprintf(stderr, "B=%d T=%lld: %s\n", c.batch,
                    static_cast<long long>(c.seq_len),
