@@ -243,6 +243,33 @@ struct PrepSmem {
   static constexpr size_t kBytes = sizeof(float) * kFloats;
 };
 
+// acc[r][c] = Σ_d x[il + 16 r][d] · y[jl + 16 c][d]: the 4 × 4 tile of the
+// 64 × 64 product X Yᵀ that thread (jl, il) of a 256-thread block owns (rows
+// kLd floats apart in shared memory).
+template <int kK, int kLd>
+__device__ __forceinline__ void GramTile(const float* x, const float* y, int il,
+                                         int jl, float (&acc)[4][4]) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+#pragma unroll
+    for (int cc = 0; cc < 4; ++cc) acc[r][cc] = 0.0f;
+  }
+  for (int d = 0; d < kK; ++d) {
+    float yj[4];
+    float xi[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      yj[e] = y[(jl + 16 * e) * kLd + d];
+      xi[e] = x[(il + 16 * e) * kLd + d];
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+      for (int cc = 0; cc < 4; ++cc) acc[r][cc] += xi[r] * yj[cc];
+    }
+  }
+}
+
 // Kernel 1: W and U of chunk blockIdx.x, value head blockIdx.y.
 template <typename T, int kK>
 __global__ void __launch_bounds__(kThreads)
@@ -284,25 +311,7 @@ __global__ void __launch_bounds__(kThreads)
     const int jl = tid % 16;
     const int il = tid / 16;
     float acc[4][4];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-#pragma unroll
-      for (int cc = 0; cc < 4; ++cc) acc[r][cc] = 0.0f;
-    }
-    for (int d = 0; d < kK; ++d) {
-      float kj[4];
-      float ki[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        kj[e] = kc[(jl + 16 * e) * kLdK + d];
-        ki[e] = kc[(il + 16 * e) * kLdK + d];
-      }
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-#pragma unroll
-        for (int cc = 0; cc < 4; ++cc) acc[r][cc] += ki[r] * kj[cc];
-      }
-    }
+    GramTile<kK, kLdK>(kc, kc, il, jl, acc);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int i = il + 16 * r;
@@ -675,25 +684,7 @@ __global__ void __launch_bounds__(kThreads)
     const int jl = tid % 16;
     const int il = tid / 16;
     float acc[4][4];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-#pragma unroll
-      for (int cc = 0; cc < 4; ++cc) acc[r][cc] = 0.0f;
-    }
-    for (int d = 0; d < kK; ++d) {
-      float kj[4];
-      float qi[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        kj[e] = kc[(jl + 16 * e) * kLdK + d];
-        qi[e] = qc[(il + 16 * e) * kLdK + d];
-      }
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-#pragma unroll
-        for (int cc = 0; cc < 4; ++cc) acc[r][cc] += qi[r] * kj[cc];
-      }
-    }
+    GramTile<kK, kLdK>(qc, kc, il, jl, acc);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int i = il + 16 * r;
