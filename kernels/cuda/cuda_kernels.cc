@@ -2,6 +2,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -105,6 +106,15 @@ absl::StatusOr<std::unique_ptr<CudaKernels>> CudaKernels::Create(
       CudaStatus(cudaSetDevice(options.device), "cudaSetDevice"));
   DS_ASSIGN_OR_RETURN(std::unique_ptr<CublasLtGemm> gemm,
                       CublasLtGemm::Create({}));
+  // Stream-ordered allocations (per-call workspaces) keep their memory
+  // cached in the device's pool instead of returning it at every
+  // synchronisation.
+  cudaMemPool_t pool = nullptr;
+  if (cudaDeviceGetDefaultMemPool(&pool, options.device) == cudaSuccess) {
+    uint64_t keep = UINT64_MAX;
+    cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+  }
+  cudaGetLastError();
   cudaStream_t stream = nullptr;
   DS_RETURN_IF_ERROR(
       CudaStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
