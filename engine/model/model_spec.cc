@@ -251,9 +251,23 @@ absl::StatusOr<ModelSpec> ParseModelConfig(std::string_view json_text,
   if (model_type == "qwen3_5_text") {
     return ParseQwenHybrid(j, model_type, source);
   }
+  if (model_type == "qwen3_next") {
+    // Dense MLPs only: a layer has experts when num_experts > 0, it is not
+    // in mlp_only_layers and (layer + 1) % decoder_sparse_step == 0.
+    const int64_t experts =
+        j.contains("num_experts") && j["num_experts"].is_number_integer()
+            ? j["num_experts"].get<int64_t>()
+            : 0;
+    if (experts > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": qwen3_next with mixture-of-experts MLPs (num_experts ",
+          experts, ") is not supported; only dense MLPs (num_experts 0)"));
+    }
+    return ParseQwenHybrid(j, model_type, source);
+  }
   return absl::InvalidArgumentError(
       absl::StrCat(source, ": unknown model_type \"", model_type,
-                   "\" (supported: qwen3_5, qwen3_5_text)"));
+                   "\" (supported: qwen3_5, qwen3_5_text, qwen3_next)"));
 }
 
 }  // namespace deltaserve

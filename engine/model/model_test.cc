@@ -7,6 +7,7 @@
 #include <functional>
 #include <sstream>
 
+#include "engine/model/model_spec.h"
 #include "engine/model/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -92,6 +93,48 @@ TEST_F(ModelLoadTest, UnknownModelTypeIsNamed) {
   auto model = Model::Load(dir_.string());
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(model.status().message()), HasSubstr("mamba9"));
+}
+
+TEST_F(ModelLoadTest, Qwen3NextLoadsDenseAndRefusesExperts) {
+  constexpr char kNextDir[] = "tests/testdata/qwen3next-tiny";
+  auto model = Model::Load(kNextDir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelSpec& spec = (*model)->spec();
+  EXPECT_EQ(spec.model_type, "qwen3_next");
+  EXPECT_FALSE((*model)->weights().lm_head.empty());  // untied
+  // The grouped projections are regrouped into the separate ones.
+  const GatedDeltaRuleWeights& g = (*model)->weights().blocks[0].gdr;
+  EXPECT_EQ(g.in_proj_qkv.shape, (std::vector<int64_t>{256, 128}));
+  EXPECT_EQ(g.in_proj_z.shape, (std::vector<int64_t>{128, 128}));
+  EXPECT_EQ(g.in_proj_b.shape, (std::vector<int64_t>{4, 128}));
+  EXPECT_EQ(g.in_proj_a.shape, (std::vector<int64_t>{4, 128}));
+
+  // Mixture-of-experts MLPs are refused with the field named.
+  nlohmann::json config =
+      nlohmann::json::parse(ReadFile(fs::path(kNextDir) / "config.json"));
+  config["num_experts"] = 8;
+  auto spec_or = ParseModelConfig(config.dump(), "config.json");
+  EXPECT_EQ(spec_or.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(spec_or.status().message()),
+              HasSubstr("num_experts"));
+  // A missing grouped projection is named.
+  auto file =
+      SafetensorsFile::Open(std::string(kNextDir) + "/model.safetensors");
+  ASSERT_TRUE(file.ok());
+  std::vector<TensorToWrite> tensors;
+  const std::string gone = "model.layers.1.linear_attn.in_proj_ba.weight";
+  for (const auto& [name, e] : (*file)->tensors()) {
+    if (name == gone) continue;
+    tensors.push_back(
+        {name, e.dtype, e.shape,
+         std::string(reinterpret_cast<const char*>(e.data), e.num_bytes)});
+  }
+  WriteFile(dir_ / "config.json", ReadFile(fs::path(kNextDir) / "config.json"));
+  ASSERT_TRUE(
+      WriteSafetensors((dir_ / "model.safetensors").string(), tensors).ok());
+  auto broken = Model::Load(dir_.string());
+  EXPECT_EQ(broken.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(broken.status().message()), HasSubstr(gone));
 }
 
 TEST_F(ModelLoadTest, MissingConfigFieldIsNamed) {

@@ -26,6 +26,49 @@ absl::StatusOr<Weight> Load(const Checkpoint& ckpt, const std::string& name,
   return w;
 }
 
+// Appends rows [begin, begin + count) of the [rows, cols] matrix `from` to
+// `to` (which then has `cols` columns).
+void AppendRows(const Weight& from, int64_t begin, int64_t count, Weight* to) {
+  const int64_t cols = from.shape.back();
+  to->data.insert(to->data.end(), from.data.begin() + begin * cols,
+                  from.data.begin() + (begin + count) * cols);
+  const int64_t rows = to->shape.empty() ? 0 : to->shape[0];
+  to->shape = {rows + count, cols};
+}
+
+// Qwen3-Next's gated-delta-rule input projections are grouped per key head:
+// in_proj_qkvz holds, for each key head, its q and k rows, then the v and z
+// rows of its Hv/Hk value heads; in_proj_ba holds, for each key head, the b
+// rows then the a rows of its value heads. Regrouped into the separate
+// (Qwen3.5) projections: all q, all k, all v (heads in order), z, b, a.
+absl::Status LoadGroupedProjections(const Checkpoint& ckpt,
+                                    const std::string& m,
+                                    const GatedDeltaRuleSpec& g, int64_t d,
+                                    GatedDeltaRuleWeights* gw) {
+  const int64_t hk = g.num_k_heads;
+  const int64_t ratio = g.num_v_heads / g.num_k_heads;
+  const int64_t dk = g.head_k_dim, vr = ratio * g.head_v_dim;
+  const int64_t group = 2 * dk + 2 * vr;
+  DS_ASSIGN_OR_RETURN(Weight qkvz,
+                      Load(ckpt, m + "in_proj_qkvz.weight", {hk * group, d}));
+  DS_ASSIGN_OR_RETURN(Weight ba,
+                      Load(ckpt, m + "in_proj_ba.weight", {hk * 2 * ratio, d}));
+  for (int64_t h = 0; h < hk; ++h)
+    AppendRows(qkvz, h * group, dk, &gw->in_proj_qkv);
+  for (int64_t h = 0; h < hk; ++h) {
+    AppendRows(qkvz, h * group + dk, dk, &gw->in_proj_qkv);
+  }
+  for (int64_t h = 0; h < hk; ++h) {
+    AppendRows(qkvz, h * group + 2 * dk, vr, &gw->in_proj_qkv);
+  }
+  for (int64_t h = 0; h < hk; ++h) {
+    AppendRows(qkvz, h * group + 2 * dk + vr, vr, &gw->in_proj_z);
+    AppendRows(ba, h * 2 * ratio, ratio, &gw->in_proj_b);
+    AppendRows(ba, h * 2 * ratio + ratio, ratio, &gw->in_proj_a);
+  }
+  return absl::OkStatus();
+}
+
 // Qwen3.5 / Qwen3-Next names: text weights under `model.` or, in the
 // vision-language checkpoints, `model.language_model.`.
 absl::StatusOr<ModelWeights> LoadQwenHybrid(const ModelSpec& spec,
@@ -62,14 +105,18 @@ absl::StatusOr<ModelWeights> LoadQwenHybrid(const ModelSpec& spec,
       const GatedDeltaRuleSpec& g = bs.gdr;
       const std::string m = l + "linear_attn.";
       GatedDeltaRuleWeights& gw = b.gdr;
-      DS_ASSIGN_OR_RETURN(gw.in_proj_qkv, Load(ckpt, m + "in_proj_qkv.weight",
-                                               {g.conv_dim(), d}));
-      DS_ASSIGN_OR_RETURN(
-          gw.in_proj_z, Load(ckpt, m + "in_proj_z.weight", {g.value_dim(), d}));
-      DS_ASSIGN_OR_RETURN(
-          gw.in_proj_b, Load(ckpt, m + "in_proj_b.weight", {g.num_v_heads, d}));
-      DS_ASSIGN_OR_RETURN(
-          gw.in_proj_a, Load(ckpt, m + "in_proj_a.weight", {g.num_v_heads, d}));
+      if (spec.model_type == "qwen3_next") {
+        DS_RETURN_IF_ERROR(LoadGroupedProjections(ckpt, m, g, d, &gw));
+      } else {
+        DS_ASSIGN_OR_RETURN(gw.in_proj_qkv, Load(ckpt, m + "in_proj_qkv.weight",
+                                                 {g.conv_dim(), d}));
+        DS_ASSIGN_OR_RETURN(gw.in_proj_z, Load(ckpt, m + "in_proj_z.weight",
+                                               {g.value_dim(), d}));
+        DS_ASSIGN_OR_RETURN(gw.in_proj_b, Load(ckpt, m + "in_proj_b.weight",
+                                               {g.num_v_heads, d}));
+        DS_ASSIGN_OR_RETURN(gw.in_proj_a, Load(ckpt, m + "in_proj_a.weight",
+                                               {g.num_v_heads, d}));
+      }
       DS_ASSIGN_OR_RETURN(gw.conv, Load(ckpt, m + "conv1d.weight",
                                         {g.conv_dim(), 1, g.conv_kernel}));
       gw.conv.shape = {g.conv_dim(), g.conv_kernel};
@@ -255,7 +302,8 @@ int64_t ModelWeights::NumParameters() const {
 
 absl::StatusOr<ModelWeights> LoadWeights(const ModelSpec& spec,
                                          const Checkpoint& ckpt) {
-  if (spec.model_type == "qwen3_5" || spec.model_type == "qwen3_5_text") {
+  if (spec.model_type == "qwen3_5" || spec.model_type == "qwen3_5_text" ||
+      spec.model_type == "qwen3_next") {
     return LoadQwenHybrid(spec, ckpt);
   }
   return absl::InvalidArgumentError(

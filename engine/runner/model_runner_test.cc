@@ -22,6 +22,7 @@ namespace deltaserve {
 namespace {
 
 constexpr char kTinyDir[] = "tests/testdata/qwen35-tiny";
+constexpr char kNextDir[] = "tests/testdata/qwen3next-tiny";
 constexpr char kDemoDir[] = "engine/model/demo-qwen35";
 
 // The shared harness on CpuKernels.
@@ -130,6 +131,34 @@ TEST_F(Qwen35TinyTest, StackedProjectionsGiveTheSameLogits) {
   EXPECT_EQ(
       stacked.Greedy(&s, logits.data() + (prompt_.size() - 1) * v, want.size()),
       want);
+}
+
+// Qwen3-Next: the same layers, with the gated-delta-rule input projections
+// grouped per key head in the checkpoint (float64 reference, HF).
+TEST(Qwen3NextTinyTest, MatchesReferenceForEveryChunking) {
+  auto golden =
+      SafetensorsFile::Open(std::string(kNextDir) + "/golden.safetensors");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  const std::vector<int32_t> prompt =
+      I64ToI32((*golden)->tensors().at("prompt_ids"));
+  const std::vector<float> want =
+      F32Of((*golden)->tensors().at("prefill_logits"));
+  const std::vector<int32_t> greedy =
+      I64ToI32((*golden)->tensors().at("greedy_ids"));
+  for (size_t chunk : {size_t{200}, size_t{37}, size_t{1}}) {
+    Harness h(kNextDir);
+    EXPECT_EQ(h.model().spec().model_type, "qwen3_next");
+    Harness::Seq s = h.NewSeq();
+    const std::vector<float> logits = h.Feed(&s, prompt, chunk);
+    ASSERT_EQ(logits.size(), want.size());
+    EXPECT_LT(RelErr(logits.data(), want.data(), want.size()), 1e-4)
+        << "chunk " << chunk;
+    const int v = h.model().spec().vocab_size;
+    EXPECT_EQ(
+        h.Greedy(&s, logits.data() + (prompt.size() - 1) * v, greedy.size()),
+        greedy)
+        << "chunk " << chunk;
+  }
 }
 
 TEST_F(Qwen35TinyTest, BatchedSequencesMatchSingleSequences) {
