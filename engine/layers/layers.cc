@@ -94,7 +94,10 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
   // and a [T, hv]; one matrix product when they are stacked (in_proj_all),
   // and then views into its rows.
   const int64_t zd = spec.output_gate ? vd : 0;
-  const int64_t all = c + zd + 2 * hv;
+  // Without decay (DeltaNet) there is no a projection; the gates kernel
+  // then reads b in its place and its decay output goes unused.
+  const int64_t ad = spec.use_decay ? hv : 0;
+  const int64_t all = c + zd + hv + ad;
   TensorView qkv_view, a_view, b_view;
   void* qkv = nullptr;
   if (!w.in_proj_all.empty()) {
@@ -104,7 +107,7 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
     float* base = static_cast<float*>(qkv);
     qkv_view = vw.Rows(base, t, c, all);
     b_view = vw.Rows(base + c + zd, t, hv, all);
-    a_view = vw.Rows(base + c + zd + hv, t, hv, all);
+    a_view = ad > 0 ? vw.Rows(base + c + zd + hv, t, hv, all) : b_view;
     if (zd > 0) DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, all, c, vd, z));
   } else {
     DS_ASSIGN_OR_RETURN(qkv, sc.Get(kQkv, t * c * 4));
@@ -121,8 +124,12 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
     }
     DS_RETURN_IF_ERROR(
         k.Gemm(x, w.in_proj_b.view(), b_view, false, ctx.stream));
-    DS_RETURN_IF_ERROR(
-        k.Gemm(x, w.in_proj_a.view(), a_view, false, ctx.stream));
+    if (ad > 0) {
+      DS_RETURN_IF_ERROR(
+          k.Gemm(x, w.in_proj_a.view(), a_view, false, ctx.stream));
+    } else {
+      a_view = b_view;
+    }
   }
   const int64_t qkv_cols = qkv_view.strides[0];
   if (b.decode) {

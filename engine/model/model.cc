@@ -33,6 +33,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir) {
   DS_ASSIGN_OR_RETURN(model->spec_,
                       ParseModelConfig(ss.str(), config_path.string()));
   DS_ASSIGN_OR_RETURN(auto ckpt, Checkpoint::Open(dir));
+  DS_RETURN_IF_ERROR(FillDerivedSizes(*ckpt, &model->spec_));
   DS_ASSIGN_OR_RETURN(model->weights_, LoadWeights(model->spec_, *ckpt));
   const fs::path tok_path = fs::path(dir) / "tokenizer.json";
   if (fs::exists(tok_path, ec)) {

@@ -176,6 +176,147 @@ absl::StatusOr<ModelSpec> ParseQwenHybrid(const json& j,
   return spec;
 }
 
+// fla's `delta_net` and `gated_deltanet` configs: the recurrent layers,
+// with softmax attention at the layers the `attn` dict names.
+absl::StatusOr<ModelSpec> ParseFla(const json& j, const std::string& model_type,
+                                   const std::string& source) {
+  ConfigReader r(j, source);
+  ModelSpec spec;
+  spec.model_type = model_type;
+  DS_ASSIGN_OR_RETURN(int64_t vocab, r.PositiveInt("vocab_size"));
+  DS_ASSIGN_OR_RETURN(int64_t hidden, r.PositiveInt("hidden_size"));
+  DS_ASSIGN_OR_RETURN(int64_t layers, r.PositiveInt("num_hidden_layers"));
+  DS_ASSIGN_OR_RETURN(int64_t heads, r.PositiveInt("num_heads"));
+  const bool gated = model_type == "gated_deltanet";
+  // What the layers here compute; other settings are refused by name.
+  auto want_bool = [&](const char* key, bool dflt,
+                       bool needed) -> absl::Status {
+    if (r.BoolOr(key, dflt) != needed) {
+      return r.Error(key, needed ? "true (the only supported setting)"
+                                 : "false (the only supported setting)");
+    }
+    return absl::OkStatus();
+  };
+  DS_RETURN_IF_ERROR(want_bool("use_short_conv", true, true));
+  DS_RETURN_IF_ERROR(want_bool("allow_neg_eigval", false, false));
+  if (!gated) {
+    DS_RETURN_IF_ERROR(want_bool("use_beta", true, true));
+    DS_RETURN_IF_ERROR(want_bool("use_output_norm", true, true));
+    for (const auto& [key, value] :
+         {std::pair<const char*, const char*>{"qk_norm", "l2"},
+          {"qk_activation", "silu"}}) {
+      if (j.contains(key) && !(j[key].is_string() && j[key] == value)) {
+        return r.Error(key, value);
+      }
+    }
+  }
+  if (j.contains("hidden_act") &&
+      !(j["hidden_act"].is_string() &&
+        (j["hidden_act"] == "swish" || j["hidden_act"] == "silu"))) {
+    return r.Error("hidden_act", "swish");
+  }
+  GatedDeltaRuleSpec g;
+  if (gated) {
+    const int64_t head_dim = r.IntOr("head_dim", 256);
+    const int64_t v_heads = r.IntOr("num_v_heads", heads);
+    const double expand_v = r.NumberOr("expand_v", 2.0);
+    if (head_dim <= 0) return r.Error("head_dim", "a positive integer");
+    if (v_heads <= 0 || v_heads % heads != 0) {
+      return r.Error("num_v_heads", "a positive multiple of num_heads");
+    }
+    g.num_k_heads = static_cast<int>(heads);
+    g.num_v_heads = static_cast<int>(v_heads);
+    g.head_k_dim = static_cast<int>(head_dim);
+    g.head_v_dim = static_cast<int>(head_dim * expand_v);
+    g.use_decay = true;
+    g.output_gate = r.BoolOr("use_gate", true);
+  } else {
+    const int64_t key_dim =
+        static_cast<int64_t>(hidden * r.NumberOr("expand_k", 1.0));
+    const int64_t value_dim =
+        static_cast<int64_t>(hidden * r.NumberOr("expand_v", 1.0));
+    if (key_dim % heads != 0 || value_dim % heads != 0) {
+      return r.Error("num_heads", "a divisor of the key and value widths");
+    }
+    g.num_k_heads = g.num_v_heads = static_cast<int>(heads);
+    g.head_k_dim = static_cast<int>(key_dim / heads);
+    g.head_v_dim = static_cast<int>(value_dim / heads);
+    g.use_decay = false;
+    g.output_gate = r.BoolOr("use_gate", false);
+  }
+  if (g.head_k_dim <= 0 || g.head_v_dim <= 0) {
+    return r.Error("head_dim", "positive key and value head sizes");
+  }
+  g.conv_kernel = static_cast<int>(r.IntOr("conv_size", 4));
+  if (g.conv_kernel < 1 || g.conv_kernel > 16) {
+    return r.Error("conv_size", "in [1, 16]");
+  }
+  spec.vocab_size = static_cast<int>(vocab);
+  spec.hidden_size = static_cast<int>(hidden);
+  spec.rms_norm_eps = static_cast<float>(r.NumberOr("norm_eps", 1e-6));
+  spec.norm_zero_centered = false;
+  spec.tie_word_embeddings = r.BoolOr("tie_word_embeddings", false);
+  spec.max_position_embeddings = r.IntOr("max_position_embeddings", 2048);
+  spec.eos_token_ids = IdsOf(j, "eos_token_id");
+  // 0: derived, read from the checkpoint's tensor shapes at load.
+  const int64_t inter = r.IntOr("intermediate_size", 0);
+  if (inter < 0) return r.Error("intermediate_size", "positive or null");
+
+  // The attention layers.
+  std::vector<bool> is_attention(layers, false);
+  AttentionSpec att;
+  int window = 0;
+  if (j.contains("attn") && j["attn"].is_object()) {
+    const json& a = j["attn"];
+    const std::string where = source + ": attn";
+    ConfigReader ar(a, where);
+    if (!a.contains("layers") || !a["layers"].is_array()) {
+      return ar.Error("layers", "a list of layer indexes");
+    }
+    for (const json& l : a["layers"]) {
+      if (!l.is_number_integer() || l.get<int64_t>() < 0 ||
+          l.get<int64_t>() >= layers) {
+        return ar.Error("layers", "indexes in [0, num_hidden_layers)");
+      }
+      is_attention[l.get<int64_t>()] = true;
+    }
+    DS_ASSIGN_OR_RETURN(int64_t a_heads, ar.PositiveInt("num_heads"));
+    const int64_t a_kv = ar.IntOr("num_kv_heads", a_heads);
+    if (a_kv <= 0 || a_heads % a_kv != 0) {
+      return ar.Error("num_kv_heads", "a divisor of num_heads");
+    }
+    if (hidden % a_heads != 0) {
+      return ar.Error("num_heads", "a divisor of hidden_size");
+    }
+    if (ar.BoolOr("qkv_bias", false)) return ar.Error("qkv_bias", "false");
+    att.num_heads = static_cast<int>(a_heads);
+    att.num_kv_heads = static_cast<int>(a_kv);
+    att.head_dim = static_cast<int>(hidden / a_heads);
+    att.rotary_dim = att.head_dim;
+    att.rope_theta = static_cast<float>(ar.NumberOr("rope_theta", 10000.0));
+    att.qk_norm = false;
+    att.output_gate = false;
+    const int64_t w = ar.IntOr("window_size", 0);
+    if (w < 0) return ar.Error("window_size", "positive or null");
+    window = static_cast<int>(w);
+    att.window = window;
+  }
+  for (int64_t l = 0; l < layers; ++l) {
+    BlockSpec block;
+    block.intermediate_size = static_cast<int>(inter);
+    if (is_attention[l]) {
+      block.mixer = window > 0 ? MixerKind::kSlidingWindowAttention
+                               : MixerKind::kGlobalAttention;
+      block.attention = att;
+    } else {
+      block.mixer = MixerKind::kGatedDeltaRule;
+      block.gdr = g;
+    }
+    spec.blocks.push_back(block);
+  }
+  return spec;
+}
+
 }  // namespace
 
 const char* MixerKindName(MixerKind kind) {
@@ -265,9 +406,13 @@ absl::StatusOr<ModelSpec> ParseModelConfig(std::string_view json_text,
     }
     return ParseQwenHybrid(j, model_type, source);
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat(source, ": unknown model_type \"", model_type,
-                   "\" (supported: qwen3_5, qwen3_5_text, qwen3_next)"));
+  if (model_type == "delta_net" || model_type == "gated_deltanet") {
+    return ParseFla(j, model_type, source);
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      source, ": unknown model_type \"", model_type,
+      "\" (supported: qwen3_5, qwen3_5_text, qwen3_next, delta_net, "
+      "gated_deltanet)"));
 }
 
 }  // namespace deltaserve

@@ -137,6 +137,110 @@ TEST_F(ModelLoadTest, Qwen3NextLoadsDenseAndRefusesExperts) {
   EXPECT_THAT(std::string(broken.status().message()), HasSubstr(gone));
 }
 
+// The tensors of a fixture directory, renamed by `rename` (empty: dropped).
+std::vector<TensorToWrite> TensorsOf(
+    const std::string& dir,
+    const std::function<std::string(const std::string&)>& rename) {
+  auto file = SafetensorsFile::Open(dir + "/model.safetensors");
+  EXPECT_TRUE(file.ok());
+  std::vector<TensorToWrite> out;
+  for (const auto& [name, e] : (*file)->tensors()) {
+    const std::string to = rename(name);
+    if (to.empty()) continue;
+    out.push_back(
+        {to, e.dtype, e.shape,
+         std::string(reinterpret_cast<const char*>(e.data), e.num_bytes)});
+  }
+  return out;
+}
+
+TEST_F(ModelLoadTest, FlaFamiliesLoadWithDerivedSizes) {
+  auto hybrid = Model::Load("tests/testdata/deltanet-hybrid-tiny");
+  ASSERT_TRUE(hybrid.ok()) << hybrid.status();
+  const ModelSpec& h = (*hybrid)->spec();
+  EXPECT_EQ(h.model_type, "delta_net");
+  ASSERT_EQ(h.num_layers(), 4);
+  EXPECT_EQ(h.blocks[0].mixer, MixerKind::kGatedDeltaRule);
+  EXPECT_FALSE(h.blocks[0].gdr.use_decay);
+  EXPECT_EQ(h.blocks[1].mixer, MixerKind::kGlobalAttention);
+  EXPECT_EQ(h.blocks[3].attention.num_kv_heads, 2);
+  EXPECT_EQ(h.blocks[3].attention.rotary_dim, 32);  // full rotary
+  EXPECT_FALSE(h.norm_zero_centered);
+  // intermediate_size is null in the config: read from the tensors.
+  EXPECT_EQ(h.blocks[0].intermediate_size, 512);
+
+  auto swa = Model::Load("tests/testdata/deltanet-swa-tiny");
+  ASSERT_TRUE(swa.ok()) << swa.status();
+  EXPECT_EQ(swa->get()->spec().blocks[1].mixer,
+            MixerKind::kSlidingWindowAttention);
+  EXPECT_EQ(swa->get()->spec().blocks[1].attention.window, 48);
+
+  auto gated = Model::Load("tests/testdata/gated-deltanet-tiny");
+  ASSERT_TRUE(gated.ok()) << gated.status();
+  const GatedDeltaRuleSpec& g = gated->get()->spec().blocks[0].gdr;
+  EXPECT_TRUE(g.use_decay);
+  EXPECT_TRUE(g.output_gate);
+  EXPECT_EQ(g.head_k_dim, 32);
+  EXPECT_EQ(g.head_v_dim, 64);  // expand_v 2
+}
+
+TEST_F(ModelLoadTest, OldFlaCheckpointsNameTheOutputNormNorm) {
+  const std::string dir = "tests/testdata/deltanet-tiny";
+  const std::string config = ReadFile(fs::path(dir) / "config.json");
+  WriteFile(dir_ / "config.json", config);
+  ASSERT_TRUE(WriteSafetensors((dir_ / "model.safetensors").string(),
+                               TensorsOf(dir,
+                                         [](const std::string& n) {
+                                           const std::string from =
+                                               ".attn.o_norm.";
+                                           const size_t at = n.find(from);
+                                           if (at == std::string::npos)
+                                             return n;
+                                           return n.substr(0, at) +
+                                                  ".attn.norm." +
+                                                  n.substr(at + from.size());
+                                         }))
+                  .ok());
+  auto renamed = Model::Load(dir_.string());
+  ASSERT_TRUE(renamed.ok()) << renamed.status();
+  auto original = Model::Load(dir);
+  ASSERT_TRUE(original.ok());
+  EXPECT_EQ((*renamed)->weights().blocks[2].gdr.norm.data,
+            (*original)->weights().blocks[2].gdr.norm.data);
+}
+
+TEST_F(ModelLoadTest, UnsupportedFlaSettingsAreNamed) {
+  const std::string config =
+      ReadFile(fs::path("tests/testdata/deltanet-tiny") / "config.json");
+  for (const auto& [key, value] :
+       {std::pair<const char*, nlohmann::json>{"use_beta", false},
+        {"use_short_conv", false},
+        {"allow_neg_eigval", true},
+        {"qk_norm", "sum"},
+        {"hidden_act", "gelu"}}) {
+    nlohmann::json c = nlohmann::json::parse(config);
+    c[key] = value;
+    auto spec = ParseModelConfig(c.dump(), "config.json");
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument) << key;
+    EXPECT_THAT(std::string(spec.status().message()), HasSubstr(key));
+  }
+  // A checkpoint without the MLP tensor the derived size comes from.
+  WriteFile(dir_ / "config.json", config);
+  ASSERT_TRUE(WriteSafetensors(
+                  (dir_ / "model.safetensors").string(),
+                  TensorsOf("tests/testdata/deltanet-tiny",
+                            [](const std::string& n) {
+                              return n == "model.layers.0.mlp.gate_proj.weight"
+                                         ? std::string()
+                                         : n;
+                            }))
+                  .ok());
+  auto model = Model::Load(dir_.string());
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(model.status().message()),
+              HasSubstr("model.layers.0.mlp.gate_proj.weight"));
+}
+
 TEST_F(ModelLoadTest, MissingConfigFieldIsNamed) {
   MakeModel(FixtureTensors(),
             [](nlohmann::json& c) { c.erase("hidden_size"); });

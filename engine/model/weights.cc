@@ -300,11 +300,123 @@ int64_t ModelWeights::NumParameters() const {
   return n;
 }
 
+namespace {
+
+// fla names (delta_net, gated_deltanet): `model.embeddings`, per layer
+// `attn_norm`, `attn.*`, `mlp_norm`, `mlp.*`. The recurrent layers' separate
+// q/k/v projections and short convolutions are stacked into the engine's
+// q, k, v channels (a depthwise convolution is per channel, so stacking is
+// exact).
+absl::StatusOr<ModelWeights> LoadFla(const ModelSpec& spec,
+                                     const Checkpoint& ckpt) {
+  const int64_t d = spec.hidden_size;
+  const int64_t v = spec.vocab_size;
+  ModelWeights w;
+  DS_ASSIGN_OR_RETURN(w.embed, Load(ckpt, "model.embeddings.weight", {v, d}));
+  DS_ASSIGN_OR_RETURN(w.final_norm, Load(ckpt, "model.norm.weight", {d}));
+  if (!spec.tie_word_embeddings || ckpt.Find("lm_head.weight") != nullptr) {
+    DS_ASSIGN_OR_RETURN(w.lm_head, Load(ckpt, "lm_head.weight", {v, d}));
+  }
+  for (int i = 0; i < spec.num_layers(); ++i) {
+    const BlockSpec& bs = spec.blocks[i];
+    const std::string l = absl::StrCat("model.layers.", i, ".");
+    const std::string m = l + "attn.";
+    BlockWeights b;
+    const int64_t inter = bs.intermediate_size;
+    DS_ASSIGN_OR_RETURN(b.input_norm, Load(ckpt, l + "attn_norm.weight", {d}));
+    DS_ASSIGN_OR_RETURN(b.post_norm, Load(ckpt, l + "mlp_norm.weight", {d}));
+    DS_ASSIGN_OR_RETURN(b.gate_proj,
+                        Load(ckpt, l + "mlp.gate_proj.weight", {inter, d}));
+    DS_ASSIGN_OR_RETURN(b.up_proj,
+                        Load(ckpt, l + "mlp.up_proj.weight", {inter, d}));
+    DS_ASSIGN_OR_RETURN(b.down_proj,
+                        Load(ckpt, l + "mlp.down_proj.weight", {d, inter}));
+    if (bs.mixer == MixerKind::kGatedDeltaRule) {
+      const GatedDeltaRuleSpec& g = bs.gdr;
+      GatedDeltaRuleWeights& gw = b.gdr;
+      const int64_t kd = g.key_dim(), vd = g.value_dim(), hv = g.num_v_heads;
+      const int64_t kw = g.conv_kernel;
+      for (const auto& [name, rows] :
+           {std::pair<const char*, int64_t>{"q", kd}, {"k", kd}, {"v", vd}}) {
+        DS_ASSIGN_OR_RETURN(
+            Weight proj,
+            Load(ckpt, absl::StrCat(m, name, "_proj.weight"), {rows, d}));
+        AppendRows(proj, 0, rows, &gw.in_proj_qkv);
+        DS_ASSIGN_OR_RETURN(
+            Weight conv,
+            Load(ckpt, absl::StrCat(m, name, "_conv1d.weight"), {rows, 1, kw}));
+        conv.shape = {rows, kw};
+        AppendRows(conv, 0, rows, &gw.conv);
+      }
+      DS_ASSIGN_OR_RETURN(gw.in_proj_b,
+                          Load(ckpt, m + "b_proj.weight", {hv, d}));
+      if (g.use_decay) {
+        DS_ASSIGN_OR_RETURN(gw.in_proj_a,
+                            Load(ckpt, m + "a_proj.weight", {hv, d}));
+        DS_ASSIGN_OR_RETURN(gw.a_log, Load(ckpt, m + "A_log", {hv}));
+        DS_ASSIGN_OR_RETURN(gw.dt_bias, Load(ckpt, m + "dt_bias", {hv}));
+      } else {
+        // DeltaNet has no decay; the gates kernel still reads these (its
+        // decay output goes unused).
+        gw.a_log.shape = gw.dt_bias.shape = {hv};
+        gw.a_log.data.assign(hv, 0.0f);
+        gw.dt_bias.data.assign(hv, 0.0f);
+      }
+      if (g.output_gate) {
+        DS_ASSIGN_OR_RETURN(gw.in_proj_z,
+                            Load(ckpt, m + "g_proj.weight", {vd, d}));
+      }
+      // Older checkpoints call the output norm `norm`.
+      const std::string norm = ckpt.Find(m + "o_norm.weight") == nullptr &&
+                                       ckpt.Find(m + "norm.weight") != nullptr
+                                   ? m + "norm.weight"
+                                   : m + "o_norm.weight";
+      DS_ASSIGN_OR_RETURN(gw.norm, Load(ckpt, norm, {g.head_v_dim}));
+      DS_ASSIGN_OR_RETURN(gw.out_proj,
+                          Load(ckpt, m + "o_proj.weight", {d, vd}));
+    } else {
+      const AttentionSpec& a = bs.attention;
+      AttentionWeights& aw = b.attention;
+      const int64_t qd = int64_t{a.num_heads} * a.head_dim;
+      const int64_t kvd = int64_t{a.num_kv_heads} * a.head_dim;
+      DS_ASSIGN_OR_RETURN(aw.q_proj, Load(ckpt, m + "q_proj.weight", {qd, d}));
+      DS_ASSIGN_OR_RETURN(aw.k_proj, Load(ckpt, m + "k_proj.weight", {kvd, d}));
+      DS_ASSIGN_OR_RETURN(aw.v_proj, Load(ckpt, m + "v_proj.weight", {kvd, d}));
+      DS_ASSIGN_OR_RETURN(aw.o_proj, Load(ckpt, m + "o_proj.weight", {d, qd}));
+    }
+    w.blocks.push_back(std::move(b));
+  }
+  return w;
+}
+
+}  // namespace
+
+absl::Status FillDerivedSizes(const Checkpoint& ckpt, ModelSpec* spec) {
+  for (int i = 0; i < spec->num_layers(); ++i) {
+    BlockSpec& b = spec->blocks[i];
+    if (b.intermediate_size > 0) continue;
+    const std::string name =
+        absl::StrCat("model.layers.", i, ".mlp.gate_proj.weight");
+    DS_ASSIGN_OR_RETURN(const TensorEntry* e, ckpt.Get(name));
+    if (e->shape.size() != 2 || e->shape[0] <= 0 ||
+        e->shape[1] != spec->hidden_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", name, " in ", ckpt.dir(), " has shape ", e->ShapeString(),
+          ", expected [intermediate_size, ", spec->hidden_size, "]"));
+    }
+    b.intermediate_size = static_cast<int>(e->shape[0]);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelWeights> LoadWeights(const ModelSpec& spec,
                                          const Checkpoint& ckpt) {
   if (spec.model_type == "qwen3_5" || spec.model_type == "qwen3_5_text" ||
       spec.model_type == "qwen3_next") {
     return LoadQwenHybrid(spec, ckpt);
+  }
+  if (spec.model_type == "delta_net" || spec.model_type == "gated_deltanet") {
+    return LoadFla(spec, ckpt);
   }
   return absl::InvalidArgumentError(
       absl::StrCat("no weight layout for model_type ", spec.model_type));

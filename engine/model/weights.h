@@ -96,6 +96,11 @@ absl::StatusOr<ModelWeights> UploadWeights(const ModelWeights& host,
                                            DType matrix_dtype, Stream stream,
                                            bool fuse = false);
 
+// Fills the sizes a config leaves to be derived (fla's MLP
+// intermediate_size, 0 in the spec) from the tensor shapes of `ckpt`.
+// INVALID_ARGUMENT naming the tensor when it is missing or malformed.
+absl::Status FillDerivedSizes(const Checkpoint& ckpt, ModelSpec* spec);
+
 // Loads the weights `spec` needs from `ckpt`. INVALID_ARGUMENT naming the
 // tensor when one is missing or has the wrong shape.
 absl::StatusOr<ModelWeights> LoadWeights(const ModelSpec& spec,

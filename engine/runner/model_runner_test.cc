@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <numeric>
@@ -160,6 +161,52 @@ TEST(Qwen3NextTinyTest, MatchesReferenceForEveryChunking) {
         << "chunk " << chunk;
   }
 }
+
+// fla's DeltaNet (pure, with global attention, with sliding-window
+// attention) and Gated DeltaNet: the fixtures' float32 GPU references are
+// matched to 3e-3 (their README) for every chunking, and their greedy ids
+// exactly.
+class FlaFixtureTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(FlaFixtureTest, MatchesReferenceForEveryChunking) {
+  const std::string dir = std::string("tests/testdata/") + GetParam();
+  auto golden = SafetensorsFile::Open(dir + "/golden.safetensors");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  const std::vector<int32_t> prompt =
+      I64ToI32((*golden)->tensors().at("prompt_ids"));
+  // Any chunking computes prefill_logits (the sliding-window reference's
+  // own chunked_logits are known to be wrong, see the fixtures' README).
+  const std::vector<float> want =
+      F32Of((*golden)->tensors().at("prefill_logits"));
+  const std::vector<int32_t> greedy =
+      I64ToI32((*golden)->tensors().at("greedy_ids"));
+  for (size_t chunk : {size_t{200}, size_t{37}, size_t{7}, size_t{1}}) {
+    Harness h(dir);
+    Harness::Seq s = h.NewSeq();
+    const std::vector<float> logits = h.Feed(&s, prompt, chunk);
+    ASSERT_EQ(logits.size(), want.size());
+    const double err = RelErr(logits.data(), want.data(), want.size());
+    std::printf("%s, chunks of %zu: relative error %.3g\n", GetParam(), chunk,
+                err);
+    EXPECT_LT(err, 3e-3) << "chunk " << chunk;
+    const int v = h.model().spec().vocab_size;
+    EXPECT_EQ(
+        h.Greedy(&s, logits.data() + (prompt.size() - 1) * v, greedy.size()),
+        greedy)
+        << "chunk " << chunk;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FlaFixtureTest,
+                         ::testing::Values("deltanet-tiny",
+                                           "deltanet-hybrid-tiny",
+                                           "deltanet-swa-tiny",
+                                           "gated-deltanet-tiny"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 TEST_F(Qwen35TinyTest, BatchedSequencesMatchSingleSequences) {
   Harness h(kTinyDir);
