@@ -5,7 +5,7 @@
 # and the benchmarks (model_bench on both reference shapes) on the GPU
 # machine in one call:
 #
-#   here:        bazel/device_gpu_suite.sh [--no-bench]
+#   here:        bazel/device_gpu_suite.sh [--no-bench] [--no-server]
 #   GPU machine: tar -xJf .device-pack/bundle.tar.xz &&
 #                .device-bundle/run_all.sh [LOG_DIR]
 #                (from the repo root, .device-pack carried; LOG_DIR defaults
@@ -21,9 +21,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bench=1
-[[ "${1:-}" == "--no-bench" ]] && bench=0
+server=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-bench) bench=0 ;;
+    # Leaves out the server, the CLI and the tests that start them: the pack
+    # is then a fraction of the size (no gRPC, RocksDB or ICU libraries), for
+    # when the working tree and the full pack exceed the transfer limit.
+    --no-server) server=0 ;;
+    *)
+      echo "device_gpu_suite: unknown argument $arg" >&2
+      exit 1
+      ;;
+  esac
+done
 
 mapfile -t tests < <(bazel query 'attr(tags, "\bgpu\b", tests(//...))' 2>/dev/null)
+if [[ $server -eq 0 ]]; then
+  mapfile -t tests < <(printf '%s\n' "${tests[@]}" | grep -v -E '^//(tests/e2e|services)[:/]')
+fi
 benches=()
 if [[ $bench -eq 1 ]]; then
   mapfile -t benches < <(bazel query 'kind("cc_binary", //kernels/cuda/...)' \
@@ -33,9 +49,11 @@ fi
   echo "device_gpu_suite: no gpu tests (is a CUDA toolkit installed?)" >&2
   exit 1
 }
-bazel/device_bundle.sh "${tests[@]}" "${benches[@]}" \
-  //services/server:deltaserve-server //clients/cli:deltaserve-cli \
-  //tests/bench:model_bench
+extra=(//tests/bench:model_bench)
+if [[ $server -eq 1 ]]; then
+  extra+=(//services/server:deltaserve-server //clients/cli:deltaserve-cli)
+fi
+bazel/device_bundle.sh "${tests[@]}" "${benches[@]}" "${extra[@]}"
 
 names() { for t in "$@"; do echo "${t##*:}"; done; }
 {
