@@ -487,14 +487,15 @@ size_t StopPrefixHoldback(const std::string& text,
 
 }  // namespace
 
-void Engine::HandleSampled(Request* r, const float* logits, int32_t greedy) {
+void Engine::HandleSampled(Request* r, const float* logits,
+                           int32_t device_token) {
   const ModelSpec& spec = model_->spec();
   SampleResult s;
   if (logits != nullptr) {
     s = Sample(absl::MakeConstSpan(logits, spec.vocab_size), r->req.sampling,
                r->req.top_logprobs, &r->rng);
   } else {
-    s.token = greedy;
+    s.token = device_token;
   }
   if (r->num_generated == 0) {
     r->ttft_s = absl::ToDoubleSeconds(clock_->Now() - r->arrival);
@@ -628,24 +629,34 @@ void Engine::Step() {
   ThawIdleSessions();
   int64_t step_tokens = 0;
   if (!in_->inputs.empty()) {
-    // Greedy tokens come from the device; only requests that sample or
-    // report log-probabilities need their logits on the host.
+    // Greedy and sampled tokens come from the device (sampled ones with a
+    // uniform number drawn here from the request's generator, as Sample
+    // would draw it); only requests that report log-probabilities need their
+    // logits on the host.
     in_->logits_rows.clear();
+    in_->samples.clear();
     std::vector<int> logits_index(in_->members.size(), -1);
+    std::vector<int> sample_index(in_->members.size(), -1);
     for (size_t i = 0; i < in_->members.size(); ++i) {
-      const Request* r = in_->members[i];
+      Request* r = in_->members[i];
       const int64_t n = static_cast<int64_t>(in_->inputs[i].tokens.size());
       const bool samples =
           !r->req.append_only && (r->decoding || r->pos + n == r->prompt_len);
-      if (samples &&
-          (r->req.sampling.temperature > 0.0f || r->req.top_logprobs > 0)) {
+      if (!samples) continue;
+      const SamplingParams& sp = r->req.sampling;
+      if (r->req.top_logprobs > 0) {
         logits_index[i] = static_cast<int>(in_->logits_rows.size());
         in_->logits_rows.push_back(static_cast<int>(i));
+      } else if (sp.temperature > 0.0f) {
+        sample_index[i] = static_cast<int>(in_->samples.size());
+        in_->samples.push_back({static_cast<int>(i), sp.temperature, sp.top_k,
+                                sp.top_p, DrawUniform(&r->rng)});
       }
     }
     ForwardRequest fr;
     fr.logits_rows = &in_->logits_rows;
     fr.argmax = true;
+    fr.samples = &in_->samples;
     absl::Status st = in_->runner->Forward(in_->inputs, fr, &in_->out);
     if (!st.ok()) {
       for (Request* r : in_->members) {
@@ -671,7 +682,8 @@ void Engine::Step() {
                             ? in_->out.logits.data() +
                                   static_cast<int64_t>(logits_index[i]) * v
                             : nullptr,
-                        in_->out.argmax[i]);
+                        sample_index[i] >= 0 ? in_->out.sampled[sample_index[i]]
+                                             : in_->out.argmax[i]);
         }
       }
     }

@@ -245,9 +245,10 @@ class Engine {
   void Finish(Request* r, FinishReason reason);
   void Fail(Request* r, const absl::Status& status);
   void Release(Request* r);
-  // Picks r's next token: from `logits` (one row) when given, else the
-  // greedy token computed on the device.
-  void HandleSampled(Request* r, const float* logits, int32_t greedy);
+  // Picks r's next token: from `logits` (one row, with Sample) when given,
+  // else `device_token`, the token the device chose (greedy, or sampled with
+  // a uniform number already drawn from r->rng).
+  void HandleSampled(Request* r, const float* logits, int32_t device_token);
   bool IsCancelled(const Request& r) const;
   // Sends a request's final event; for a session request first hands its
   // state back to the session and commits it.

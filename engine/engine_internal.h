@@ -137,7 +137,8 @@ struct Engine::Internals {
   std::vector<std::unique_ptr<Request>> owned;  // waiting or running
   uint64_t next_id = 0;
   ForwardOutput out;
-  std::vector<int> logits_rows;  // batch rows whose logits the host needs
+  std::vector<int> logits_rows;    // batch rows whose logits the host needs
+  std::vector<RowSample> samples;  // batch rows sampled on the device
   std::vector<SequenceInput> inputs;
   std::vector<Request*> members;
   std::atomic<int64_t> session_evictions{0};

@@ -4,6 +4,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "engine/runner/runner_harness.h"
+#include "engine/sampler/sampler.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "nlohmann/json.hpp"
@@ -130,6 +132,59 @@ TEST(EngineTest, SeededSamplingIsReproducible) {
   const auto a = run(11), b = run(11), c = run(12);
   EXPECT_EQ(a, b);
   EXPECT_NE(a, c);
+}
+
+// A request that samples without log-probabilities gets its tokens from the
+// kernels (the uniforms drawn from its seeded generator); one that reports
+// log-probabilities samples its copied logits on the host with Sample. For
+// one seed both give the tokens Sample gives on the model's logits with a
+// generator seeded the same way, on every run.
+TEST(EngineTest, SampledTokensEqualTheHostSamplerForTheSeed) {
+  const SamplingParams params[] = {{0.8f, 0, 0.9f}, {1.2f, 40, 1.0f}};
+  for (const SamplingParams& p : params) {
+    for (int prompt : {0, 1}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "T=" << p.temperature << " prompt " << prompt);
+      constexpr int kTokens = 24;
+      constexpr uint64_t kSeed = 1234;
+      // The host sampler on the runner's logits, token by token.
+      RunnerHarness h(RunnerHarness::LoadOrDie(kDemoDir),
+                      std::move(*CpuKernels::Create({})), {});
+      const int v = h.model().spec().vocab_size;
+      const std::vector<int32_t> ids = PromptIds(prompt);
+      RunnerHarness::Seq s = h.NewSeq();
+      std::vector<float> logits = h.Feed(&s, ids, ids.size());
+      std::mt19937_64 rng(kSeed);
+      std::vector<int32_t> want;
+      const float* row = logits.data() + (ids.size() - 1) * v;
+      for (int i = 0; i < kTokens; ++i) {
+        want.push_back(Sample(absl::MakeConstSpan(row, v), p, 0, &rng).token);
+        if (i + 1 == kTokens) break;
+        logits = h.Step({&s}, {want.back()}).logits;
+        row = logits.data();
+      }
+
+      auto engine = MakeEngine();
+      auto run = [&](int top_logprobs) {
+        GenerationRequest req = Greedy(ids, kTokens);
+        req.sampling = p;
+        req.seed = kSeed;
+        req.top_logprobs = top_logprobs;
+        return Drain(**engine->Submit(req)).ids;
+      };
+      const std::vector<int32_t> on_device = run(0);
+      EXPECT_EQ(on_device, want);
+      EXPECT_EQ(run(0), want);
+      EXPECT_EQ(run(2), want);  // host path
+      // Sampling did sample: the tokens are not all the greedy ones.
+      if (prompt == 1) {
+        auto greedy =
+            Golden()["prompts"][1]["greedy32_ids"].get<std::vector<int32_t>>();
+        greedy.resize(kTokens);
+        EXPECT_NE(on_device, greedy);
+      }
+    }
+  }
 }
 
 TEST(EngineTest, StopStringEndsGenerationAndIsNotStreamed) {

@@ -1,6 +1,7 @@
 #include "engine/model/model_spec.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/linear_configs.h"
 #include "kernels/status.h"
 #include "nlohmann/json.hpp"
 
@@ -342,6 +343,9 @@ int64_t ModelSpec::RecurrentStateBytes() const {
       bytes +=
           int64_t{4} * b.gdr.num_v_heads * b.gdr.head_k_dim * b.gdr.head_v_dim;
       bytes += int64_t{4} * b.gdr.conv_dim() * (b.gdr.conv_kernel - 1);
+    } else if (b.mixer == MixerKind::kLinearAttention ||
+               b.mixer == MixerKind::kPowerAttention) {
+      bytes += int64_t{4} * (b.linear.state_floats() + b.linear.aux_floats());
     }
   }
   return bytes;
@@ -409,10 +413,12 @@ absl::StatusOr<ModelSpec> ParseModelConfig(std::string_view json_text,
   if (model_type == "delta_net" || model_type == "gated_deltanet") {
     return ParseFla(j, model_type, source);
   }
+  if (model_type == "linear_attn") return ParseLinearAttnConfig(j, source);
+  if (model_type == "power_attn") return ParsePowerAttnConfig(j, source);
   return absl::InvalidArgumentError(absl::StrCat(
       source, ": unknown model_type \"", model_type,
       "\" (supported: qwen3_5, qwen3_5_text, qwen3_next, delta_net, "
-      "gated_deltanet)"));
+      "gated_deltanet, linear_attn, power_attn)"));
 }
 
 }  // namespace deltaserve

@@ -56,11 +56,49 @@ struct AttentionSpec {
   int window = 0;
 };
 
+// A linear-attention token mixer: kLinearAttention (Katharopoulos, feature
+// map elu + 1) or kPowerAttention (symmetric power of even `degree`, with
+// an optional data-dependent gate and rotary embedding: conformal-sympow).
+// The recurrent state is per kv head; see engine/model/README.md.
+struct LinearAttentionSpec {
+  int num_heads = 0;     // query heads
+  int num_kv_heads = 0;  // key/value heads (query head h reads h·Hkv/H)
+  int head_k_dim = 0;
+  int head_v_dim = 0;
+  int degree = 0;  // kPowerAttention: the even power p; 0 otherwise
+  // Outputs divided by the normaliser (the sum of the attention weights).
+  bool normalize = true;
+  // Each head's output goes through RMSNorm; with a weight when norm_affine
+  // (else the weight is all ones).
+  bool norm_affine = true;
+  // kPowerAttention: log gate g = logsigmoid(g_proj(x) + gate_bias).
+  bool gating = false;
+  float gate_bias = 0.0f;
+  // kPowerAttention: data-dependent rotary embedding of the first
+  // rotary_dim dims of q and k, angle rate softplus(r_proj(x)) · θ^(−2i/r).
+  bool rotary = false;
+  int rotary_dim = 0;
+  float rope_theta = 10000.0f;
+
+  // Features per key: head_k_dim, or C(head_k_dim + p − 1, p).
+  int64_t feature_dim() const;
+  // fp32 recurrent state per sequence: the state [Hkv, F, V], then the
+  // normaliser [Hkv, F] and the rotary angles [Hkv, rotary_dim / 2].
+  int64_t state_floats() const {
+    return int64_t{num_kv_heads} * feature_dim() * head_v_dim;
+  }
+  int64_t aux_floats() const {
+    return int64_t{num_kv_heads} * feature_dim() +
+           (rotary ? int64_t{num_kv_heads} * (rotary_dim / 2) : 0);
+  }
+};
+
 struct BlockSpec {
   MixerKind mixer = MixerKind::kGatedDeltaRule;
-  GatedDeltaRuleSpec gdr;     // when mixer == kGatedDeltaRule
-  AttentionSpec attention;    // when mixer is an attention kind
-  int intermediate_size = 0;  // SwiGLU MLP
+  GatedDeltaRuleSpec gdr;      // when mixer == kGatedDeltaRule
+  AttentionSpec attention;     // when mixer is an attention kind
+  LinearAttentionSpec linear;  // when mixer is linear or power attention
+  int intermediate_size = 0;   // SwiGLU MLP
 };
 
 struct ModelSpec {

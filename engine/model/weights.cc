@@ -165,7 +165,9 @@ std::vector<Weight*> BlockWeightList(BlockWeights& b) {
           &b.gdr.conv,         &b.gdr.a_log,        &b.gdr.dt_bias,
           &b.gdr.norm,         &b.gdr.out_proj,     &b.attention.q_proj,
           &b.attention.k_proj, &b.attention.v_proj, &b.attention.o_proj,
-          &b.attention.q_norm, &b.attention.k_norm};
+          &b.attention.q_norm, &b.attention.k_norm, &b.linear.q_proj,
+          &b.linear.k_proj,    &b.linear.v_proj,    &b.linear.g_proj,
+          &b.linear.r_proj,    &b.linear.norm,      &b.linear.o_proj};
 }
 
 // Copies one weight into `memory` as `dtype`.
@@ -293,7 +295,9 @@ int64_t ModelWeights::NumParameters() const {
           &b.gdr.conv,         &b.gdr.a_log,        &b.gdr.dt_bias,
           &b.gdr.norm,         &b.gdr.out_proj,     &b.attention.q_proj,
           &b.attention.k_proj, &b.attention.v_proj, &b.attention.o_proj,
-          &b.attention.q_norm, &b.attention.k_norm}) {
+          &b.attention.q_norm, &b.attention.k_norm, &b.linear.q_proj,
+          &b.linear.k_proj,    &b.linear.v_proj,    &b.linear.g_proj,
+          &b.linear.r_proj,    &b.linear.norm,      &b.linear.o_proj}) {
       n += Count(*w);
     }
   }
@@ -302,7 +306,38 @@ int64_t ModelWeights::NumParameters() const {
 
 namespace {
 
-// fla names (delta_net, gated_deltanet): `model.embeddings`, per layer
+// The projections and output norm of a linear or power attention layer,
+// under `m` ("model.layers.{i}.attn."). fla's linear_attn calls its output
+// norm `norm`; power_attn (engine/model/README.md) calls it `o_norm`.
+absl::Status LoadLinearAttention(const Checkpoint& ckpt, const std::string& m,
+                                 const LinearAttentionSpec& s, int64_t d,
+                                 LinearAttentionWeights* w) {
+  const int64_t h = s.num_heads, hkv = s.num_kv_heads;
+  const int64_t dk = s.head_k_dim, dv = s.head_v_dim;
+  DS_ASSIGN_OR_RETURN(w->q_proj, Load(ckpt, m + "q_proj.weight", {h * dk, d}));
+  DS_ASSIGN_OR_RETURN(w->k_proj,
+                      Load(ckpt, m + "k_proj.weight", {hkv * dk, d}));
+  DS_ASSIGN_OR_RETURN(w->v_proj,
+                      Load(ckpt, m + "v_proj.weight", {hkv * dv, d}));
+  DS_ASSIGN_OR_RETURN(w->o_proj, Load(ckpt, m + "o_proj.weight", {d, h * dv}));
+  if (s.degree > 0 && s.gating) {
+    DS_ASSIGN_OR_RETURN(w->g_proj, Load(ckpt, m + "g_proj.weight", {hkv, d}));
+  }
+  if (s.degree > 0 && s.rotary) {
+    DS_ASSIGN_OR_RETURN(w->r_proj, Load(ckpt, m + "r_proj.weight", {hkv, d}));
+  }
+  if (s.norm_affine) {
+    const std::string norm = s.degree > 0 ? "o_norm.weight" : "norm.weight";
+    DS_ASSIGN_OR_RETURN(w->norm, Load(ckpt, m + norm, {dv}));
+  } else {
+    w->norm.shape = {dv};
+    w->norm.data.assign(dv, 1.0f);
+  }
+  return absl::OkStatus();
+}
+
+// fla names (delta_net, gated_deltanet, linear_attn, and deltaserve's
+// power_attn): `model.embeddings`, per layer
 // `attn_norm`, `attn.*`, `mlp_norm`, `mlp.*`. The recurrent layers' separate
 // q/k/v projections and short convolutions are stacked into the engine's
 // q, k, v channels (a depthwise convolution is per channel, so stacking is
@@ -374,6 +409,9 @@ absl::StatusOr<ModelWeights> LoadFla(const ModelSpec& spec,
       DS_ASSIGN_OR_RETURN(gw.norm, Load(ckpt, norm, {g.head_v_dim}));
       DS_ASSIGN_OR_RETURN(gw.out_proj,
                           Load(ckpt, m + "o_proj.weight", {d, vd}));
+    } else if (bs.mixer == MixerKind::kLinearAttention ||
+               bs.mixer == MixerKind::kPowerAttention) {
+      DS_RETURN_IF_ERROR(LoadLinearAttention(ckpt, m, bs.linear, d, &b.linear));
     } else {
       const AttentionSpec& a = bs.attention;
       AttentionWeights& aw = b.attention;
@@ -415,7 +453,8 @@ absl::StatusOr<ModelWeights> LoadWeights(const ModelSpec& spec,
       spec.model_type == "qwen3_next") {
     return LoadQwenHybrid(spec, ckpt);
   }
-  if (spec.model_type == "delta_net" || spec.model_type == "gated_deltanet") {
+  if (spec.model_type == "delta_net" || spec.model_type == "gated_deltanet" ||
+      spec.model_type == "linear_attn" || spec.model_type == "power_attn") {
     return LoadFla(spec, ckpt);
   }
   return absl::InvalidArgumentError(

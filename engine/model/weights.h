@@ -61,11 +61,24 @@ struct AttentionWeights {
   Weight k_norm;  // [hd]
 };
 
+// Linear and power attention (LinearAttentionSpec): H query heads, Hkv
+// key/value heads, head dims dk and dv.
+struct LinearAttentionWeights {
+  Weight q_proj;  // [H·dk, D]
+  Weight k_proj;  // [Hkv·dk, D]
+  Weight v_proj;  // [Hkv·dv, D]
+  Weight g_proj;  // [Hkv, D] gate logits (power attention with gating)
+  Weight r_proj;  // [Hkv, D] rotary rate logits (power attention, rotary)
+  Weight norm;    // [dv] output RMSNorm (all ones when not affine)
+  Weight o_proj;  // [D, H·dv]
+};
+
 struct BlockWeights {
   Weight input_norm;  // [D]
   Weight post_norm;   // [D]
   GatedDeltaRuleWeights gdr;
   AttentionWeights attention;
+  LinearAttentionWeights linear;
   Weight gate_proj;  // [I, D]
   Weight up_proj;    // [I, D]
   Weight down_proj;  // [D, I]

@@ -1,9 +1,11 @@
 #include "engine/runner/model_runner.h"
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/layers/linear_layers.h"
 #include "kernels/status.h"
 
 namespace deltaserve {
@@ -221,6 +223,16 @@ absl::Status ModelRunner::Run(const BatchLayout& layout, bool all_logits,
                                             pool_->k_pages(l),
                                             pool_->v_pages(l), xn, mix));
         break;
+      case MixerKind::kLinearAttention:
+        DS_RETURN_IF_ERROR(LinearAttentionForward(
+            ctx, bs.linear, bw.linear, pool_->gdr_state(l),
+            pool_->normalizer_state(l), xn, mix));
+        break;
+      case MixerKind::kPowerAttention:
+        DS_RETURN_IF_ERROR(PowerAttentionForward(
+            ctx, bs.linear, bw.linear, pool_->gdr_state(l),
+            pool_->normalizer_state(l), pool_->angle_state(l), xn, mix));
+        break;
       default:
         return absl::UnimplementedError(
             absl::StrCat("layer ", l, ": token mixer ", MixerKindName(bs.mixer),
@@ -294,6 +306,67 @@ absl::Status ModelRunner::Collect(int64_t rows, const ForwardRequest& request,
   return kernels_->Synchronize(stream);
 }
 
+absl::Status ModelRunner::SampleRows(int64_t rows,
+                                     const ForwardRequest& request,
+                                     ForwardOutput* out) {
+  out->sampled.clear();
+  if (request.samples == nullptr || request.samples->empty()) {
+    return absl::OkStatus();
+  }
+  const std::vector<RowSample>& samples = *request.samples;
+  int lo = samples[0].row, hi = samples[0].row;
+  for (const RowSample& s : samples) {
+    if (s.row < 0 || s.row >= rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sample row ", s.row, " is not in [0, ", rows, ")"));
+    }
+    lo = std::min(lo, s.row);
+    hi = std::max(hi, s.row);
+  }
+  // Rows lo..hi in one call; rows in between that are not sampled are
+  // greedy (temperature 0) and ignored.
+  const int64_t n = hi - lo + 1;
+  host_sample_.assign(5 * n, 0);
+  uint32_t* h = host_sample_.data();
+  auto put_f32 = [](uint32_t* dst, float v) { std::memcpy(dst, &v, 4); };
+  for (int64_t i = 0; i < n; ++i) put_f32(h + 2 * n + i, 1.0f);  // top_p
+  std::vector<bool> seen(n, false);
+  for (const RowSample& s : samples) {
+    const int64_t i = s.row - lo;
+    if (seen[i]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sample row ", s.row, " is given twice"));
+    }
+    seen[i] = true;
+    put_f32(h + i, s.temperature);
+    h[n + i] = static_cast<uint32_t>(s.top_k);
+    put_f32(h + 2 * n + i, s.top_p);
+    put_f32(h + 3 * n + i, s.uniform);
+  }
+  DeviceMemory* memory = kernels_->memory();
+  const Device dev = memory->device();
+  const Stream stream = kernels_->stream();
+  DS_RETURN_IF_ERROR(EnsureBuffer(memory, 5 * n * 4, &sample_buf_));
+  DS_RETURN_IF_ERROR(memory->Copy(sample_buf_.data(), h, 4 * n * 4, stream));
+  const int64_t v = model_->spec().vocab_size;
+  DS_ASSIGN_OR_RETURN(void* logits_p, scratch_.Get(kLogits, rows * v * 4));
+  uint32_t* d = static_cast<uint32_t*>(sample_buf_.data());
+  auto vec = [&](int64_t k, DType dtype) {
+    return TensorView::Contiguous(d + k * n, dtype, {n}, dev);
+  };
+  DS_RETURN_IF_ERROR(kernels_->SampleTokens(
+      TensorView::Contiguous(static_cast<float*>(logits_p) + lo * v,
+                             DType::kF32, {n, v}, dev),
+      vec(0, DType::kF32), vec(1, DType::kI32), vec(2, DType::kF32),
+      vec(3, DType::kF32), vec(4, DType::kI32), stream));
+  DS_RETURN_IF_ERROR(memory->Copy(h + 4 * n, d + 4 * n, n * 4, stream));
+  out->sampled.resize(samples.size());
+  for (size_t i = 0; i < samples.size(); ++i) {
+    out->sampled[i] = static_cast<int32_t>(h[4 * n + samples[i].row - lo]);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ModelRunner::Forward(absl::Span<const SequenceInput> batch,
                                   const ForwardRequest& request,
                                   ForwardOutput* out) {
@@ -321,7 +394,9 @@ absl::Status ModelRunner::Forward(absl::Span<const SequenceInput> batch,
     BatchLayout layout;
     Layout(idx_.data(), &layout);
     DS_RETURN_IF_ERROR(Run(layout, request.all_logits, request.argmax));
-    return Collect(request.all_logits ? layout.num_tokens : b, request, out);
+    const int64_t rows = request.all_logits ? layout.num_tokens : b;
+    DS_RETURN_IF_ERROR(SampleRows(rows, request, out));
+    return Collect(rows, request, out);
   }
   const int rows = PaddedBatch(b);
   const int64_t gw = PowerOfTwoAtLeast(max_global);
@@ -336,6 +411,7 @@ absl::Status ModelRunner::Forward(absl::Span<const SequenceInput> batch,
   if (rec.work != nullptr && rec.generation == scratch_.generation()) {
     DS_RETURN_IF_ERROR(rec.work->Replay(stream));
     ++replayed_steps_;
+    DS_RETURN_IF_ERROR(SampleRows(b, request, out));
     DS_RETURN_IF_ERROR(Collect(b, all, out));
   } else {
     // First step of this shape (or its buffers moved): run it directly,
@@ -344,6 +420,7 @@ absl::Status ModelRunner::Forward(absl::Span<const SequenceInput> batch,
     BatchLayout layout;
     Layout(rec.idx.data(), &layout);
     DS_RETURN_IF_ERROR(Run(layout, false, true));
+    DS_RETURN_IF_ERROR(SampleRows(b, request, out));
     DS_RETURN_IF_ERROR(Collect(b, all, out));
     const int64_t generation = scratch_.generation();
     absl::StatusOr<std::unique_ptr<RecordedWork>> work =

@@ -7,8 +7,9 @@
 // residual stream stays fp32); on the CPU it uses the model's fp32 weights
 // in place and runs everything in fp32. Each Forward call continues every
 // sequence of the batch from the state in its slot and pages and leaves the
-// updated state there. Only the token ids and page tables go to the device, and
-// only the requested logits and greedy tokens come back. Decode steps (one
+// updated state there. Only the token ids, page tables and sampling
+// parameters go to the device, and only the requested logits and the greedy
+// and sampled tokens come back. Decode steps (one
 // token per sequence) are recorded once per batch-size bucket and replayed
 // (CUDA graphs) where the kernels can record. Not thread-safe: the engine
 // thread is its only caller.
@@ -42,6 +43,17 @@ struct SequenceInput {
   absl::Span<const int32_t> tokens;  // new tokens (at least one)
 };
 
+// A row whose token is sampled where the logits are
+// (Kernels::SampleTokens), with its parameters and the uniform number the
+// caller drew for it.
+struct RowSample {
+  int row = 0;               // logits row (see ForwardRequest)
+  float temperature = 0.0f;  // finite, >= 0; 0: greedy
+  int32_t top_k = 0;         // >= 0; 0: no limit
+  float top_p = 1.0f;        // (0, 1]
+  float uniform = 0.0f;      // [0, 1)
+};
+
 // What a forward pass returns to the host. Rows are the batch's sequences
 // (their last new token), or every new token with `all_logits`.
 struct ForwardRequest {
@@ -50,11 +62,16 @@ struct ForwardRequest {
   const std::vector<int>* logits_rows = nullptr;
   // Also the argmax (greedy token) of every row, computed on the device.
   bool argmax = false;
+  // Rows sampled on the device after the forward pass (outside any recorded
+  // step), each row at most once; null or empty: none. Only the parameters
+  // go to the device and only the tokens come back.
+  const std::vector<RowSample>* samples = nullptr;
 };
 
 struct ForwardOutput {
-  std::vector<float> logits;    // vocab_size floats per requested row
-  std::vector<int32_t> argmax;  // one per row when requested
+  std::vector<float> logits;     // vocab_size floats per requested row
+  std::vector<int32_t> argmax;   // one per row when requested
+  std::vector<int32_t> sampled;  // one per request.samples entry, in order
 };
 
 class ModelRunner {
@@ -78,9 +95,10 @@ class ModelRunner {
   }
 
   // Feeds the batch's new tokens. INVALID_ARGUMENT for an empty batch or
-  // sequence, a token id outside the vocabulary, or too few pages;
-  // RESOURCE_EXHAUSTED when scratch memory cannot grow; kernel errors are
-  // passed through.
+  // sequence, a token id outside the vocabulary, too few pages, or a sample
+  // whose row is outside the logits rows or repeated (or, from the CPU
+  // kernels, whose parameters are out of range); RESOURCE_EXHAUSTED when
+  // scratch memory cannot grow; kernel errors are passed through.
   absl::Status Forward(absl::Span<const SequenceInput> batch,
                        const ForwardRequest& request, ForwardOutput* out);
   // The same, returning every row's logits.
@@ -120,6 +138,10 @@ class ModelRunner {
   // Copies the requested results to the host.
   absl::Status Collect(int64_t rows, const ForwardRequest& request,
                        ForwardOutput* out);
+  // Samples request.samples from the first `rows` logits rows on the device
+  // and copies their tokens to out->sampled.
+  absl::Status SampleRows(int64_t rows, const ForwardRequest& request,
+                          ForwardOutput* out);
 
   const Model* model_;
   Kernels* kernels_;
@@ -130,6 +152,9 @@ class ModelRunner {
   const ModelWeights* weights_ = nullptr;
   Scratch scratch_;
   Buffer idx_;  // index tensors of a direct (not replayed) step
+  // SampleTokens' parameters and tokens (device), and their host staging.
+  Buffer sample_buf_;
+  std::vector<uint32_t> host_sample_;
   std::map<RecordingKey, Recording> recordings_map_;
   int64_t replayed_steps_ = 0;
   int64_t recordings_ = 0;

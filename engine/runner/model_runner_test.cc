@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <numeric>
+#include <random>
 #include <sstream>
 
 #include "engine/model/model.h"
@@ -17,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/memory.h"
+#include "kernels/sampling_rule.h"
 #include "nlohmann/json.hpp"
 
 namespace deltaserve {
@@ -282,6 +284,62 @@ TEST_F(Qwen35TinyTest, SaveAndRestoreContinueExactly) {
     const std::vector<float> lb = h.Feed(&b, tail, 13);
     ASSERT_EQ(la.size(), lb.size());
     EXPECT_EQ(la, lb);
+  }
+}
+
+// Rows sampled by the kernels after the forward pass get the token the
+// sampling rule gives for their logits and uniform; the other rows stay
+// greedy.
+TEST_F(Qwen35TinyTest, SampledRowsFollowTheRuleOnTheirLogits) {
+  Harness h(kTinyDir);
+  const int v = h.model().spec().vocab_size;
+  Harness::Seq a = h.NewSeq(), b = h.NewSeq(), c = h.NewSeq();
+  h.Feed(&a, {prompt_.begin(), prompt_.begin() + 40}, 40);
+  h.Feed(&b, {prompt_.begin() + 50, prompt_.begin() + 57}, 7);
+  h.Feed(&c, {prompt_.begin() + 100, prompt_.begin() + 130}, 30);
+  std::mt19937_64 rng(17);
+  auto uniform = [&] { return static_cast<float>(rng() >> 40) * 0x1p-24f; };
+  std::vector<int32_t> next = {1, 2, 3};
+  int differs_from_greedy = 0;
+  for (int step = 0; step < 12; ++step) {
+    // Out of row order; row 1 is greedy.
+    const std::vector<RowSample> samples = {{2, 0.8f, 20, 0.9f, uniform()},
+                                            {0, 1.5f, 0, 1.0f, uniform()}};
+    ForwardOutput out = h.Step({&a, &b, &c}, next, samples);
+    ASSERT_EQ(out.sampled.size(), 2u);
+    ASSERT_EQ(out.logits.size(), 3u * v);
+    for (size_t i = 0; i < samples.size(); ++i) {
+      const RowSample& s = samples[i];
+      const float* row = out.logits.data() + s.row * v;
+      EXPECT_EQ(out.sampled[i],
+                SampleRow(row, v, s.temperature, s.top_k, s.top_p, s.uniform))
+          << "step " << step << " row " << s.row;
+      differs_from_greedy += out.sampled[i] != ArgmaxOf(row, v);
+    }
+    EXPECT_EQ(out.argmax[1], ArgmaxOf(out.logits.data() + v, v));
+    next = {out.sampled[1], out.argmax[1], out.sampled[0]};
+  }
+  EXPECT_GT(differs_from_greedy, 0);
+}
+
+TEST(ModelRunnerTest, RejectsBadSamples) {
+  Harness h(kTinyDir);
+  Harness::Seq s = h.NewSeq();
+  ASSERT_TRUE(h.pool().EnsureCapacity(&s.pages, 1).ok());
+  const int32_t token = 5;
+  SequenceInput in{s.slot, &s.pages, 0, absl::MakeConstSpan(&token, 1)};
+  const std::vector<std::vector<RowSample>> bad = {
+      {{1, 1.0f, 0, 1.0f, 0.5f}},                            // no row 1
+      {{0, 1.0f, 0, 1.0f, 0.5f}, {0, 1.0f, 0, 1.0f, 0.5f}},  // twice
+      {{0, 1.0f, 0, 0.0f, 0.5f}},                            // top_p 0
+      {{0, 1.0f, 0, 1.0f, 1.0f}},                            // uniform 1
+  };
+  for (const auto& samples : bad) {
+    ForwardRequest request;
+    request.samples = &samples;
+    ForwardOutput out;
+    EXPECT_EQ(h.runner().Forward({in}, request, &out).code(),
+              absl::StatusCode::kInvalidArgument);
   }
 }
 

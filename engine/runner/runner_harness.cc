@@ -105,6 +105,12 @@ std::vector<float> RunnerHarness::Feed(Seq* s,
 
 ForwardOutput RunnerHarness::Step(const std::vector<Seq*>& seqs,
                                   const std::vector<int32_t>& next) {
+  return Step(seqs, next, {});
+}
+
+ForwardOutput RunnerHarness::Step(const std::vector<Seq*>& seqs,
+                                  const std::vector<int32_t>& next,
+                                  const std::vector<RowSample>& samples) {
   std::vector<SequenceInput> batch;
   for (size_t i = 0; i < seqs.size(); ++i) {
     EXPECT_TRUE(pool_->EnsureCapacity(&seqs[i]->pages, seqs[i]->pos + 1).ok());
@@ -113,6 +119,7 @@ ForwardOutput RunnerHarness::Step(const std::vector<Seq*>& seqs,
   }
   ForwardRequest request;
   request.argmax = true;
+  request.samples = &samples;
   ForwardOutput out;
   const absl::Status st = runner_->Forward(batch, request, &out);
   EXPECT_TRUE(st.ok()) << st;

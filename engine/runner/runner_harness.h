@@ -56,6 +56,10 @@ class RunnerHarness {
   // the device) and every row's logits.
   ForwardOutput Step(const std::vector<Seq*>& seqs,
                      const std::vector<int32_t>& next);
+  // The same, also sampling `samples` (rows of `seqs`) on the device.
+  ForwardOutput Step(const std::vector<Seq*>& seqs,
+                     const std::vector<int32_t>& next,
+                     const std::vector<RowSample>& samples);
   // Greedy continuation of `n` tokens starting with `first`.
   std::vector<int32_t> Greedy(Seq* s, int32_t first, int n);
 

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/sampling_rule.h"
 
 namespace deltaserve {
 
@@ -25,6 +26,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& params) {
   return absl::OkStatus();
 }
 
+float DrawUniform(std::mt19937_64* rng) {
+  return static_cast<float>((*rng)() >> 40) * 0x1p-24f;
+}
+
 SampleResult Sample(absl::Span<const float> logits,
                     const SamplingParams& params, int top_logprobs,
                     std::mt19937_64* rng) {
@@ -32,62 +37,16 @@ SampleResult Sample(absl::Span<const float> logits,
   SampleResult result;
   // log-softmax normaliser of the raw distribution.
   float max_logit = logits[0];
-  int argmax = 0;
-  for (int i = 1; i < n; ++i) {
-    if (logits[i] > max_logit) {
-      max_logit = logits[i];
-      argmax = i;
-    }
-  }
+  for (int i = 1; i < n; ++i) max_logit = std::max(max_logit, logits[i]);
   double sum = 0.0;
   for (int i = 0; i < n; ++i) sum += std::exp(double{logits[i]} - max_logit);
   const double log_z = max_logit + std::log(sum);
 
   if (params.temperature == 0.0f) {
-    result.token = argmax;
+    result.token = ArgmaxRow(logits.data(), n);
   } else {
-    std::vector<int32_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    int keep = n;
-    if (params.top_k > 0 && params.top_k < n) keep = params.top_k;
-    auto by_logit = [&](int32_t a, int32_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    };
-    std::partial_sort(order.begin(), order.begin() + keep, order.end(),
-                      by_logit);
-    order.resize(keep);
-    const double inv_t = 1.0 / params.temperature;
-    std::vector<double> probs(keep);
-    double total = 0.0;
-    for (int i = 0; i < keep; ++i) {
-      probs[i] = std::exp((double{logits[order[i]]} - max_logit) * inv_t);
-      total += probs[i];
-    }
-    if (params.top_p < 1.0f) {
-      double cum = 0.0;
-      int cut = keep;
-      for (int i = 0; i < keep; ++i) {
-        cum += probs[i] / total;
-        if (cum >= params.top_p) {
-          cut = i + 1;
-          break;
-        }
-      }
-      keep = cut;
-      total = 0.0;
-      for (int i = 0; i < keep; ++i) total += probs[i];
-    }
-    std::uniform_real_distribution<double> uniform(0.0, 1.0);
-    const double u = uniform(*rng) * total;
-    double cum = 0.0;
-    result.token = order[keep - 1];
-    for (int i = 0; i < keep; ++i) {
-      cum += probs[i];
-      if (u < cum) {
-        result.token = order[i];
-        break;
-      }
-    }
+    result.token = SampleRow(logits.data(), n, params.temperature, params.top_k,
+                             params.top_p, DrawUniform(rng));
   }
   result.logprob = static_cast<float>(logits[result.token] - log_z);
   if (top_logprobs > 0) {

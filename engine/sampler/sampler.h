@@ -36,12 +36,21 @@ struct SampleResult {
   std::vector<TokenLogprob> top;  // top_logprobs most likely, best first
 };
 
-// Picks a token from `logits`. Greedy (temperature 0) takes the argmax
-// (lowest id on ties). Otherwise samples from softmax(logits / temperature)
-// restricted to the top_k most likely tokens and then to the smallest set
-// whose probability reaches top_p, drawing one uniform number from `rng`.
-// `top_logprobs` > 0 also reports that many log-probabilities of the
-// unmodified distribution.
+// The uniform number in [0, 1) that sampling a token draws from `rng`: the
+// top 24 bits of one output times 2^-24 (exact in a float, the same on every
+// platform). The engine draws it on the host for tokens sampled on the
+// device too, so a seed gives the same tokens either way.
+float DrawUniform(std::mt19937_64* rng);
+
+// Picks a token from `logits` (at most kMaxSampleVocab of them, no NaN
+// expected). Greedy (temperature 0) takes the argmax (lowest id on ties)
+// and draws nothing. Otherwise draws one number with DrawUniform and
+// returns the token Kernels::SampleTokens chooses for it (SampleRow in
+// kernels/sampling_rule.h): softmax(logits / temperature) restricted to the
+// tokens at or above the top_k-th largest logit, then to the most likely
+// ones whose probability reaches top_p (ties at either threshold are kept
+// together). `top_logprobs` > 0 also reports that many log-probabilities of
+// the unmodified distribution.
 SampleResult Sample(absl::Span<const float> logits,
                     const SamplingParams& params, int top_logprobs,
                     std::mt19937_64* rng);

@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <map>
+#include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/sampling_rule.h"
 
 namespace deltaserve {
 namespace {
@@ -59,6 +61,58 @@ TEST(SamplerTest, SameSeedSameTokens) {
   }
   EXPECT_EQ(sa, sb);
   EXPECT_NE(sa, sc);
+}
+
+TEST(SamplerTest, DrawUniformIsTheTop24BitsOfOneOutput) {
+  std::mt19937_64 rng(42);  // first output 13930160852258120406
+  EXPECT_EQ(DrawUniform(&rng), 12669407 * 0x1p-24f);
+  for (int i = 0; i < 10000; ++i) {
+    const float u = DrawUniform(&rng);
+    ASSERT_GE(u, 0.0f);
+    ASSERT_LT(u, 1.0f);
+    ASSERT_EQ(u * 0x1p24f, std::floor(u * 0x1p24f));
+  }
+}
+
+// The host sampler and Kernels::SampleTokens share one rule: for the same
+// generator state Sample picks the token SampleRow picks for the uniform
+// DrawUniform draws, and draws exactly one number per sampled token (none
+// for greedy ones).
+TEST(SamplerTest, SampleIsTheKernelRuleOnTheDrawnUniform) {
+  std::mt19937_64 logits_rng(5);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  const SamplingParams params[] = {
+      {0.7f, 0, 1.0f}, {1.0f, 40, 1.0f}, {1.3f, 0, 0.9f}, {0.9f, 50, 0.95f},
+      {0.0f, 0, 1.0f}, {0.5f, 1, 0.5f},  {2.0f, 3, 0.2f}};
+  for (const int vocab : {1, 7, 1000, 32000}) {
+    std::vector<float> logits(vocab);
+    for (float& x : logits) x = normal(logits_rng);
+    for (const SamplingParams& p : params) {
+      std::mt19937_64 a(99), b(99);
+      for (int i = 0; i < 40; ++i) {
+        const int32_t got = Sample(logits, p, 0, &a).token;
+        const int32_t want =
+            p.temperature == 0.0f
+                ? ArgmaxRow(logits.data(), vocab)
+                : SampleRow(logits.data(), vocab, p.temperature, p.top_k,
+                            p.top_p, DrawUniform(&b));
+        ASSERT_EQ(got, want) << "vocab " << vocab << " draw " << i;
+      }
+      EXPECT_EQ(a(), b()) << "the generators drifted apart";
+    }
+  }
+}
+
+TEST(SamplerTest, TiesAtTheTopKThresholdAreKept) {
+  std::mt19937_64 rng(3);
+  const std::vector<float> logits = {1.0f, 4.0f, 0.0f, 4.0f};
+  std::map<int, int> counts;
+  for (int i = 0; i < 4000; ++i) {
+    ++counts[Sample(logits, {1.0f, 1, 1.0f}, 0, &rng).token];
+  }
+  EXPECT_EQ(counts[0] + counts[2], 0);
+  EXPECT_NEAR(counts[1], 2000, 200);
+  EXPECT_NEAR(counts[3], 2000, 200);
 }
 
 TEST(SamplerTest, LogprobsAreLogSoftmax) {

@@ -82,6 +82,18 @@ std::string ModelFingerprint(const Model& model) {
     }
     float theta = a.rope_theta;
     h.Add(&theta, sizeof(theta));
+    if (b.mixer == MixerKind::kLinearAttention ||
+        b.mixer == MixerKind::kPowerAttention) {
+      const LinearAttentionSpec& s = b.linear;
+      for (int64_t v :
+           {int64_t{s.num_heads}, int64_t{s.num_kv_heads},
+            int64_t{s.head_k_dim}, int64_t{s.head_v_dim}, int64_t{s.degree},
+            int64_t{s.normalize}, int64_t{s.norm_affine}, int64_t{s.gating},
+            int64_t{s.rotary}, int64_t{s.rotary_dim}}) {
+        h.Add(v);
+      }
+      for (float x : {s.gate_bias, s.rope_theta}) h.Add(&x, sizeof(x));
+    }
   }
   const ModelWeights& w = model.weights();
   AddWeight(h, w.embed);
@@ -98,6 +110,14 @@ std::string ModelFingerprint(const Model& model) {
           &b.attention.q_norm, &b.attention.k_norm}) {
       AddWeight(h, *x);
     }
+    if (!b.linear.q_proj.empty()) {
+      for (const Weight* x :
+           {&b.linear.q_proj, &b.linear.k_proj, &b.linear.v_proj,
+            &b.linear.g_proj, &b.linear.r_proj, &b.linear.norm,
+            &b.linear.o_proj}) {
+        AddWeight(h, *x);
+      }
+    }
   }
   return h.Hex();
 }
@@ -111,6 +131,11 @@ std::vector<LayerLayout> SessionLayout(const ModelSpec& spec) {
       layout[l].recurrent_floats =
           int64_t{g.num_v_heads} * g.head_k_dim * g.head_v_dim +
           int64_t{g.conv_dim()} * (g.conv_kernel - 1);
+    } else if (b.mixer == MixerKind::kLinearAttention ||
+               b.mixer == MixerKind::kPowerAttention) {
+      // The state [Hkv, F, V], then the normaliser and the rotary angles.
+      layout[l].recurrent_floats =
+          b.linear.state_floats() + b.linear.aux_floats();
     } else if (IsAttention(b)) {
       layout[l].kv_floats_per_token =
           int64_t{b.attention.num_kv_heads} * b.attention.head_dim;

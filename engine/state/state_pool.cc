@@ -49,6 +49,25 @@ absl::StatusOr<std::unique_ptr<StatePool>> StatePool::Create(
       l.conv_view =
           TensorView::Contiguous(l.conv_state.data(), DType::kF32,
                                  {slots, g.conv_dim(), g.conv_kernel - 1}, dev);
+    } else if (b.mixer == MixerKind::kLinearAttention ||
+               b.mixer == MixerKind::kPowerAttention) {
+      const LinearAttentionSpec& s = b.linear;
+      const int64_t hkv = s.num_kv_heads, f = s.feature_dim();
+      l.state_per_slot = s.state_floats();
+      l.conv_per_slot = s.aux_floats();
+      DS_RETURN_IF_ERROR(zeroed(slots * l.state_per_slot * 4, &l.gdr_state));
+      DS_RETURN_IF_ERROR(zeroed(slots * l.conv_per_slot * 4, &l.conv_state));
+      l.gdr_view = TensorView::Contiguous(l.gdr_state.data(), DType::kF32,
+                                          {slots, hkv, f, s.head_v_dim}, dev);
+      float* aux = static_cast<float*>(l.conv_state.data());
+      l.norm_view =
+          TensorView::Contiguous(aux, DType::kF32, {slots, hkv, f}, dev);
+      l.norm_view.strides[0] = l.conv_per_slot;
+      if (s.rotary) {
+        l.angle_view = TensorView::Contiguous(
+            aux + hkv * f, DType::kF32, {slots, hkv, s.rotary_dim / 2}, dev);
+        l.angle_view.strides[0] = l.conv_per_slot;
+      }
     } else if (b.mixer == MixerKind::kGlobalAttention ||
                b.mixer == MixerKind::kSlidingWindowAttention) {
       const AttentionSpec& a = b.attention;
@@ -379,6 +398,12 @@ TensorView StatePool::gdr_state(int layer) const {
 }
 TensorView StatePool::conv_state(int layer) const {
   return layers_[layer].conv_view;
+}
+TensorView StatePool::normalizer_state(int layer) const {
+  return layers_[layer].norm_view;
+}
+TensorView StatePool::angle_state(int layer) const {
+  return layers_[layer].angle_view;
 }
 TensorView StatePool::k_pages(int layer) const { return layers_[layer].k_view; }
 TensorView StatePool::v_pages(int layer) const { return layers_[layer].v_view; }

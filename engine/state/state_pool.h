@@ -2,10 +2,14 @@
 // attention KV.
 //
 // A StatePool owns, for every gated-delta-rule layer, a state pool
-// [slots, Hv, K, V] and a conv-tail pool [slots, conv_dim, W − 1] (fp32), and
-// for every attention layer a K and a V page pool [pages, page_size, Hkv, D]
-// (f32, or bf16 for a GPU engine), all in a DeviceMemory (host memory for
-// the CPU kernels, GPU memory for the CUDA ones).
+// [slots, Hv, K, V] and a conv-tail pool [slots, conv_dim, W − 1] (fp32); for
+// every linear or power attention layer a state pool [slots, Hkv, F, V] and
+// an auxiliary pool holding per slot the normaliser [Hkv, F] then the rotary
+// angles [Hkv, rotary_dim / 2] (fp32, F: LinearAttentionSpec::feature_dim);
+// and for every softmax attention layer a K and a V page pool
+// [pages, page_size, Hkv, D] (f32, or bf16 for a GPU engine), all in a
+// DeviceMemory (host memory for the CPU kernels, GPU memory for the CUDA
+// ones).
 // A sequence holds one slot (the same index in every recurrent layer) and a
 // list of pages (the same page ids in every attention layer). One extra slot
 // and one extra page, never handed out, are there for padding a batch to a
@@ -145,15 +149,25 @@ class StatePool {
                        const SeqPages& pages);
 
   // Views of layer `layer`'s pools (empty for layers of another kind).
+  // gdr_state: the matrix state of any recurrent layer ([slots, H, K, V]
+  // for the gated delta rule, [slots, Hkv, F, V] for linear and power
+  // attention).
   TensorView gdr_state(int layer) const;
   TensorView conv_state(int layer) const;
+  // Linear and power attention: the normaliser [slots, Hkv, F] and the
+  // rotary angles [slots, Hkv, rotary_dim / 2] (views into one buffer, so
+  // their slot stride is the auxiliary floats per slot).
+  TensorView normalizer_state(int layer) const;
+  TensorView angle_state(int layer) const;
   TensorView k_pages(int layer) const;
   TensorView v_pages(int layer) const;
 
  private:
   struct LayerPools {
+    // Linear and power attention layers keep their normaliser and angles
+    // in `conv_state` (conv_per_slot floats per slot).
     Buffer gdr_state, conv_state, k_pages, v_pages;
-    TensorView gdr_view, conv_view, k_view, v_view;
+    TensorView gdr_view, conv_view, k_view, v_view, norm_view, angle_view;
     int64_t state_per_slot = 0, conv_per_slot = 0;  // floats
     int64_t kv_row = 0;                             // Hkv · D elements
     bool windowed = false;  // sliding-window attention layer

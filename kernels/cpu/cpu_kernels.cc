@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/memory.h"
+#include "kernels/sampling_rule.h"
 #include "kernels/status.h"
 #include "kernels/tensor_check.h"
 
@@ -1071,6 +1072,55 @@ absl::Status CpuKernels::Argmax(const TensorView& logits, const TensorView& out,
       }
     }
     out.i32()[r * out.strides[0]] = static_cast<int32_t>(best);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuKernels::SampleTokens(
+    const TensorView& logits, const TensorView& temperature,
+    const TensorView& top_k, const TensorView& top_p, const TensorView& uniform,
+    const TensorView& out, Stream /*stream*/) {
+  constexpr char kOp[] = "SampleTokens";
+  DS_RETURN_IF_ERROR(
+      CheckView(kOp, "logits", logits, DType::kF32, {kAny, kAny}));
+  const int64_t rows = logits.dim(0);
+  const int64_t vocab = logits.dim(1);
+  if (vocab < 1 || vocab > kMaxSampleVocab) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": logits ", logits.DebugString(), " has ", vocab,
+                     " columns, outside [1, ", kMaxSampleVocab, "]"));
+  }
+  DS_RETURN_IF_ERROR(
+      CheckView(kOp, "temperature", temperature, DType::kF32, {rows}));
+  DS_RETURN_IF_ERROR(CheckView(kOp, "top_k", top_k, DType::kI32, {rows}));
+  DS_RETURN_IF_ERROR(CheckView(kOp, "top_p", top_p, DType::kF32, {rows}));
+  DS_RETURN_IF_ERROR(CheckView(kOp, "uniform", uniform, DType::kF32, {rows}));
+  DS_RETURN_IF_ERROR(CheckView(kOp, "out", out, DType::kI32, {rows}));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float t = *F32At(temperature, r);
+    if (!(t >= 0.0f) || std::isinf(t)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kOp, ": temperature[", r, "] = ", t, " is not finite and >= 0"));
+    }
+    if (I32At(top_k, r) < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kOp, ": top_k[", r, "] = ", I32At(top_k, r), " is negative"));
+    }
+    const float p = *F32At(top_p, r);
+    if (!(p > 0.0f && p <= 1.0f)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": top_p[", r, "] = ", p, " is outside (0, 1]"));
+    }
+    const float u = *F32At(uniform, r);
+    if (!(u >= 0.0f && u < 1.0f)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": uniform[", r, "] = ", u, " is outside [0, 1)"));
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    out.i32()[r * out.strides[0]] =
+        SampleRow(F32At(logits, r), vocab, *F32At(temperature, r),
+                  I32At(top_k, r), *F32At(top_p, r), *F32At(uniform, r));
   }
   return absl::OkStatus();
 }

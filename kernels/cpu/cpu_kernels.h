@@ -53,6 +53,17 @@ class CpuKernels final : public Kernels {
   absl::Status Argmax(const TensorView& logits, const TensorView& out,
                       Stream stream) override;
 
+  // The reference of the sampling rule (kernels/sampling_rule.cc).
+  // INVALID_ARGUMENT: logits not f32 [R, V] with 1 ≤ V ≤ 2^24, a parameter
+  // or out not of dtype and shape [R], or (naming the row and the value) a
+  // temperature that is not finite and ≥ 0, a negative top_k, a top_p
+  // outside (0, 1] or a uniform outside [0, 1).
+  absl::Status SampleTokens(const TensorView& logits,
+                            const TensorView& temperature,
+                            const TensorView& top_k, const TensorView& top_p,
+                            const TensorView& uniform, const TensorView& out,
+                            Stream stream) override;
+
   // INVALID_ARGUMENT: shape mismatch, w not f32, or a row stride of x, w or
   // out smaller than its row length.
   absl::Status Gemm(const TensorView& x, const TensorView& w,
@@ -126,6 +137,56 @@ class CpuKernels final : public Kernels {
       const TensorView& g, const TensorView& beta, const TensorView& cu_seqlens,
       const TensorView& state, const TensorView& slots, float scale,
       bool l2norm_qk, const TensorView& out, Stream stream) override;
+
+  // The linear and power attention methods live in cpu_mixers.cc.
+  // INVALID_ARGUMENT: shape or dtype mismatch, H not a multiple of Hkv,
+  // malformed cu_seqlens, or a slot outside [0, S).
+  absl::Status LinearAttentionChunked(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& cu_seqlens, const TensorView& state,
+      const TensorView& normalizer, const TensorView& slots, float scale,
+      bool normalize, const TensorView& out, Stream stream) override;
+
+  // INVALID_ARGUMENT: as LinearAttentionChunked.
+  absl::Status LinearAttentionRecurrent(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& cu_seqlens, const TensorView& state,
+      const TensorView& normalizer, const TensorView& slots, float scale,
+      bool normalize, const TensorView& out, Stream stream) override;
+
+  // INVALID_ARGUMENT: as LinearAttentionChunked, or a degree that is not
+  // even and >= 2 (or has more than 2^31 − 1 features).
+  absl::Status PowerAttentionChunked(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& g, const TensorView& cu_seqlens,
+      const TensorView& state, const TensorView& normalizer,
+      const TensorView& slots, int degree, float scale, bool normalize,
+      const TensorView& out, Stream stream) override;
+
+  // INVALID_ARGUMENT: as PowerAttentionChunked.
+  absl::Status PowerAttentionRecurrent(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& g, const TensorView& cu_seqlens,
+      const TensorView& state, const TensorView& normalizer,
+      const TensorView& slots, int degree, float scale, bool normalize,
+      const TensorView& out, Stream stream) override;
+
+  // INVALID_ARGUMENT: shape or dtype mismatch, or an input given without
+  // its output (or the reverse).
+  absl::Status PowerAttentionGates(const TensorView& gate_logits,
+                                   const TensorView& rate_logits,
+                                   float gate_bias, const TensorView& g,
+                                   const TensorView& rate,
+                                   Stream stream) override;
+
+  // INVALID_ARGUMENT: shape or dtype mismatch, H not a multiple of Hkv,
+  // rot_dim not even and in (0, head_dim], malformed cu_seqlens, or a slot
+  // outside [0, S).
+  absl::Status CumulativeRope(const TensorView& q, const TensorView& k,
+                              const TensorView& rate,
+                              const TensorView& cu_seqlens,
+                              const TensorView& angle, const TensorView& slots,
+                              int rot_dim, float theta, Stream stream) override;
 
   // INVALID_ARGUMENT: shape or dtype mismatch, malformed cu_seqlens, a
   // negative start_pos, a position beyond max_pages · page_size, or a

@@ -12,7 +12,9 @@
 #include "kernels/cuda/gemm_attention/gemm.h"
 #include "kernels/cuda/gemm_attention/ops.h"
 #include "kernels/cuda/sampling/argmax.h"
+#include "kernels/cuda/sampling/sample_tokens.h"
 #include "kernels/memory.h"
+#include "kernels/sampling_rule.h"
 #include "kernels/status.h"
 #include "kernels/tensor_check.h"
 
@@ -211,6 +213,44 @@ absl::Status CudaKernels::Argmax(const TensorView& logits,
                       out.i32(), stream.native);
 }
 
+absl::Status CudaKernels::SampleTokens(const TensorView& logits,
+                                       const TensorView& temperature,
+                                       const TensorView& top_k,
+                                       const TensorView& top_p,
+                                       const TensorView& uniform,
+                                       const TensorView& out, Stream stream) {
+  constexpr char kOp[] = "SampleTokens";
+  DS_RETURN_IF_ERROR(CheckTensor(kOp, "logits", logits, DType::kF32,
+                                 {kAnyDim, kAnyDim}, Device::kCuda));
+  const int64_t rows = logits.dim(0);
+  if (logits.dim(1) < 1 || logits.dim(1) > kMaxSampleVocab) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kOp, ": logits ", logits.DebugString(), " has ", logits.dim(1),
+        " columns, outside [1, ", kMaxSampleVocab, "]"));
+  }
+  const struct {
+    const char* name;
+    const TensorView& t;
+    DType dtype;
+  } vectors[] = {{"temperature", temperature, DType::kF32},
+                 {"top_k", top_k, DType::kI32},
+                 {"top_p", top_p, DType::kF32},
+                 {"uniform", uniform, DType::kF32},
+                 {"out", out, DType::kI32}};
+  for (const auto& v : vectors) {
+    DS_RETURN_IF_ERROR(
+        CheckTensor(kOp, v.name, v.t, v.dtype, {rows}, Device::kCuda));
+    if (!v.t.IsContiguous()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kOp, ": ", v.name, " ", v.t.DebugString(), " is not contiguous"));
+    }
+  }
+  const int64_t stride = rows > 1 ? logits.strides[0] : logits.dim(1);
+  return LaunchSampleTokens(logits.f32(), rows, logits.dim(1), stride,
+                            temperature.f32(), top_k.i32(), top_p.f32(),
+                            uniform.f32(), out.i32(), stream.native);
+}
+
 absl::Status CudaKernels::Gemm(const TensorView& x, const TensorView& w,
                                const TensorView& out, bool accumulate,
                                Stream stream) {
@@ -303,6 +343,67 @@ absl::Status CudaKernels::GatedDeltaRuleRecurrent(
     bool l2norm_qk, const TensorView& out, Stream stream) {
   return CudaGatedDeltaRuleRecurrent(q, k, v, g, beta, cu_seqlens, state, slots,
                                      scale, l2norm_qk, out, stream);
+}
+
+// Linear and power attention: not yet implemented on the GPU (CpuKernels
+// has the reference implementations; kernels/cpu/cpu_mixers.cc).
+absl::Status CudaKernels::LinearAttentionChunked(
+    const TensorView& /*q*/, const TensorView& /*k*/, const TensorView& /*v*/,
+    const TensorView& /*cu_seqlens*/, const TensorView& /*state*/,
+    const TensorView& /*normalizer*/, const TensorView& /*slots*/,
+    float /*scale*/, bool /*normalize*/, const TensorView& /*out*/,
+    Stream /*stream*/) {
+  return absl::UnimplementedError(
+      "LinearAttentionChunked is not implemented by the CUDA kernels yet");
+}
+
+absl::Status CudaKernels::LinearAttentionRecurrent(
+    const TensorView& /*q*/, const TensorView& /*k*/, const TensorView& /*v*/,
+    const TensorView& /*cu_seqlens*/, const TensorView& /*state*/,
+    const TensorView& /*normalizer*/, const TensorView& /*slots*/,
+    float /*scale*/, bool /*normalize*/, const TensorView& /*out*/,
+    Stream /*stream*/) {
+  return absl::UnimplementedError(
+      "LinearAttentionRecurrent is not implemented by the CUDA kernels yet");
+}
+
+absl::Status CudaKernels::PowerAttentionChunked(
+    const TensorView& /*q*/, const TensorView& /*k*/, const TensorView& /*v*/,
+    const TensorView& /*g*/, const TensorView& /*cu_seqlens*/,
+    const TensorView& /*state*/, const TensorView& /*normalizer*/,
+    const TensorView& /*slots*/, int /*degree*/, float /*scale*/,
+    bool /*normalize*/, const TensorView& /*out*/, Stream /*stream*/) {
+  return absl::UnimplementedError(
+      "PowerAttentionChunked is not implemented by the CUDA kernels yet");
+}
+
+absl::Status CudaKernels::PowerAttentionRecurrent(
+    const TensorView& /*q*/, const TensorView& /*k*/, const TensorView& /*v*/,
+    const TensorView& /*g*/, const TensorView& /*cu_seqlens*/,
+    const TensorView& /*state*/, const TensorView& /*normalizer*/,
+    const TensorView& /*slots*/, int /*degree*/, float /*scale*/,
+    bool /*normalize*/, const TensorView& /*out*/, Stream /*stream*/) {
+  return absl::UnimplementedError(
+      "PowerAttentionRecurrent is not implemented by the CUDA kernels yet");
+}
+
+absl::Status CudaKernels::PowerAttentionGates(const TensorView& /*gate_logits*/,
+                                              const TensorView& /*rate_logits*/,
+                                              float /*gate_bias*/,
+                                              const TensorView& /*g*/,
+                                              const TensorView& /*rate*/,
+                                              Stream /*stream*/) {
+  return absl::UnimplementedError(
+      "PowerAttentionGates is not implemented by the CUDA kernels yet");
+}
+
+absl::Status CudaKernels::CumulativeRope(
+    const TensorView& /*q*/, const TensorView& /*k*/,
+    const TensorView& /*rate*/, const TensorView& /*cu_seqlens*/,
+    const TensorView& /*angle*/, const TensorView& /*slots*/, int /*rot_dim*/,
+    float /*theta*/, Stream /*stream*/) {
+  return absl::UnimplementedError(
+      "CumulativeRope is not implemented by the CUDA kernels yet");
 }
 
 absl::Status CudaKernels::KvAppend(const TensorView& k, const TensorView& v,

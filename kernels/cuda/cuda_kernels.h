@@ -68,6 +68,14 @@ class CudaKernels final : public Kernels {
       Stream stream, absl::FunctionRef<absl::Status()> body) override;
   absl::Status Argmax(const TensorView& logits, const TensorView& out,
                       Stream stream) override;
+  // Checks shapes and dtypes only: the parameter values live on the device
+  // and out-of-range ones are mapped as sampling_rule::MakeRowParams says.
+  // The parameter tensors and out must be contiguous.
+  absl::Status SampleTokens(const TensorView& logits,
+                            const TensorView& temperature,
+                            const TensorView& top_k, const TensorView& top_p,
+                            const TensorView& uniform, const TensorView& out,
+                            Stream stream) override;
   absl::Status Gemm(const TensorView& x, const TensorView& w,
                     const TensorView& out, bool accumulate,
                     Stream stream) override;
@@ -111,6 +119,39 @@ class CudaKernels final : public Kernels {
       const TensorView& g, const TensorView& beta, const TensorView& cu_seqlens,
       const TensorView& state, const TensorView& slots, float scale,
       bool l2norm_qk, const TensorView& out, Stream stream) override;
+  // The linear and power attention methods return UNIMPLEMENTED for now.
+  absl::Status LinearAttentionChunked(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& cu_seqlens, const TensorView& state,
+      const TensorView& normalizer, const TensorView& slots, float scale,
+      bool normalize, const TensorView& out, Stream stream) override;
+  absl::Status LinearAttentionRecurrent(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& cu_seqlens, const TensorView& state,
+      const TensorView& normalizer, const TensorView& slots, float scale,
+      bool normalize, const TensorView& out, Stream stream) override;
+  absl::Status PowerAttentionChunked(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& g, const TensorView& cu_seqlens,
+      const TensorView& state, const TensorView& normalizer,
+      const TensorView& slots, int degree, float scale, bool normalize,
+      const TensorView& out, Stream stream) override;
+  absl::Status PowerAttentionRecurrent(
+      const TensorView& q, const TensorView& k, const TensorView& v,
+      const TensorView& g, const TensorView& cu_seqlens,
+      const TensorView& state, const TensorView& normalizer,
+      const TensorView& slots, int degree, float scale, bool normalize,
+      const TensorView& out, Stream stream) override;
+  absl::Status PowerAttentionGates(const TensorView& gate_logits,
+                                   const TensorView& rate_logits,
+                                   float gate_bias, const TensorView& g,
+                                   const TensorView& rate,
+                                   Stream stream) override;
+  absl::Status CumulativeRope(const TensorView& q, const TensorView& k,
+                              const TensorView& rate,
+                              const TensorView& cu_seqlens,
+                              const TensorView& angle, const TensorView& slots,
+                              int rot_dim, float theta, Stream stream) override;
   absl::Status KvAppend(const TensorView& k, const TensorView& v,
                         const TensorView& k_pages, const TensorView& v_pages,
                         const TensorView& page_table,
