@@ -67,6 +67,13 @@ names() { for t in "$@"; do echo "${t##*:}"; done; }
   echo "tests=($(names "${tests[@]}" | tr '\n' ' '))"
   echo "benches=($(names "${benches[@]}" | tr '\n' ' '))"
   cat <<'EOS'
+# Data files left out of the pack because the working tree beside it has
+# them (see the packing below): link them back in.
+if [[ -f "$here/from_tree.txt" ]]; then
+  while IFS= read -r rel; do
+    [[ -e "$here/$rel" ]] || ln -s "$here/../$rel" "$here/$rel"
+  done <"$here/from_tree.txt"
+fi
 failed=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 for t in "${tests[@]}"; do
@@ -97,7 +104,22 @@ exit $((failed > 0))
 EOS
 } >.device-bundle/run_all.sh
 chmod 0755 .device-bundle/run_all.sh
+# Bundled data files that equal a tracked file of the working tree (test
+# models, fixtures) are not packed: the tree travels with the pack, and
+# run_all.sh links them back, which keeps tree and pack under the transfer
+# limit.
+: >.device-bundle/from_tree.txt
+exclude=()
+while IFS= read -r -d '' f; do
+  rel="${f#.device-bundle/}"
+  if git ls-files --error-unmatch -- "$rel" >/dev/null 2>&1 &&
+    cmp -s "$f" "$rel"; then
+    echo "$rel" >>.device-bundle/from_tree.txt
+    exclude+=(--exclude="$f")
+  fi
+done < <(find .device-bundle -type f -size +64k -not -path '*/lib/*' \
+  -not -path '*/bin/*' -print0)
 mkdir -p .device-pack
-tar -cJf .device-pack/bundle.tar.xz .device-bundle
+tar -cJf .device-pack/bundle.tar.xz "${exclude[@]}" .device-bundle
 echo "packed: .device-pack/bundle.tar.xz ($(du -h .device-pack/bundle.tar.xz | cut -f1))"
 echo "on the GPU machine: tar -xJf .device-pack/bundle.tar.xz && .device-bundle/run_all.sh"

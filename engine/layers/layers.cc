@@ -16,6 +16,7 @@ enum ScratchId {
   kB,
   kG,
   kBeta,
+  kMixed,
   kQ,
   kK,
   kV,
@@ -40,6 +41,19 @@ struct Views {
   TensorView Rows(float* p, int64_t rows, int64_t cols, int64_t stride) const {
     TensorView v = F32(p, {rows, cols});
     v.strides[0] = stride;
+    return v;
+  }
+  // Columns [col, col + heads · dim) of the rows of `m` ([rows, cols]) as
+  // [rows, heads, dim].
+  static TensorView Heads(const TensorView& m, int64_t col, int64_t heads,
+                          int64_t dim) {
+    TensorView v = m;
+    v.data = static_cast<char*>(m.data) + col * DTypeSize(m.dtype);
+    v.ndim = 3;
+    v.shape[1] = heads;
+    v.shape[2] = dim;
+    v.strides[1] = dim;
+    v.strides[2] = 1;
     return v;
   }
   int64_t act_size() const { return DTypeSize(ctx.act); }
@@ -131,31 +145,31 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
       a_view = b_view;
     }
   }
-  const int64_t qkv_cols = qkv_view.strides[0];
+  // The short conv: in place for a decode step; for prefill into its own
+  // buffer of activations (bf16 on the GPU, where the chunked delta rule
+  // runs its products on tensor cores). q, k and v are then column views of
+  // the conv's rows.
+  TensorView mixed = qkv_view;
   if (b.decode) {
     DS_RETURN_IF_ERROR(k.CausalConv1dUpdate(qkv_view, w.conv.view(), conv_state,
                                             b.slots, /*silu=*/true, qkv_view,
                                             ctx.stream));
   } else {
+    DS_ASSIGN_OR_RETURN(void* conv_out, sc.Get(kMixed, t * c * es));
+    mixed = vw.Act(conv_out, {t, c});
     DS_RETURN_IF_ERROR(k.CausalConv1d(qkv_view, w.conv.view(), b.cu_seqlens,
-                                      conv_state, b.slots, /*silu=*/true,
-                                      qkv_view, ctx.stream));
+                                      conv_state, b.slots, /*silu=*/true, mixed,
+                                      ctx.stream));
   }
-  DS_ASSIGN_OR_RETURN(void* q, sc.Get(kQ, t * kd * 4));
-  DS_ASSIGN_OR_RETURN(void* kk, sc.Get(kK, t * kd * 4));
-  DS_ASSIGN_OR_RETURN(void* v, sc.Get(kV, t * vd * 4));
-  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, qkv_cols, 0, kd, q));
-  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, qkv_cols, kd, kd, kk));
-  DS_RETURN_IF_ERROR(CopyColumns(ctx, 4, qkv, t, qkv_cols, 2 * kd, vd, v));
   TensorView g_view;
   if (spec.use_decay) g_view = vw.F32(g, {t, hv});
   DS_RETURN_IF_ERROR(k.GdnGates(a_view, b_view, w.a_log.view(),
                                 w.dt_bias.view(), vw.F32(g, {t, hv}),
                                 vw.F32(beta, {t, hv}), ctx.stream));
   DS_ASSIGN_OR_RETURN(void* core, sc.Get(kCore, t * vd * 4));
-  const TensorView qv = vw.F32(q, {t, hk, spec.head_k_dim});
-  const TensorView kv = vw.F32(kk, {t, hk, spec.head_k_dim});
-  const TensorView vv = vw.F32(v, {t, hv, spec.head_v_dim});
+  const TensorView qv = Views::Heads(mixed, 0, hk, spec.head_k_dim);
+  const TensorView kv = Views::Heads(mixed, kd, hk, spec.head_k_dim);
+  const TensorView vv = Views::Heads(mixed, 2 * kd, hv, spec.head_v_dim);
   const TensorView ov = vw.F32(core, {t, hv, spec.head_v_dim});
   const float scale = 1.0f / std::sqrt(static_cast<float>(spec.head_k_dim));
   if (b.decode) {

@@ -372,7 +372,7 @@ __global__ void GdnGatesKernel(const GdnGatesArgs p) {
 // kMaxW taps, the weight left-padded with zeros to kMaxW: the padded taps
 // see zeros, so the same register code serves every width <= kMaxW with
 // compile-time register indices only.
-template <typename T, typename TW, int kMaxW>
+template <typename T, typename TO, typename TW, int kMaxW>
 __global__ void CausalConv1dKernel(const CausalConv1dArgs a,
                                    int64_t channel_tiles) {
   constexpr int kHist = kMaxW - 1;
@@ -391,11 +391,11 @@ __global__ void CausalConv1dKernel(const CausalConv1dArgs a,
     end = b + 1;
   }
   const T* x = static_cast<const T*>(a.x) + c;
-  T* out = static_cast<T*>(a.out) + c;
+  TO* out = static_cast<TO*>(a.out) + c;
   const int32_t slot = a.slots[b];
   if (slot < 0 || slot >= a.num_slots) {
     for (int64_t t = start; t < end; ++t) {
-      out[t * a.out_stride] = FromF32<T>(0.0f);
+      out[t * a.out_stride] = FromF32<TO>(0.0f);
     }
     return;
   }
@@ -426,7 +426,7 @@ __global__ void CausalConv1dKernel(const CausalConv1dArgs a,
 #pragma unroll
         for (int j = 0; j + 1 < kHist; ++j) win[j] = win[j + 1];
         win[kHist - 1] = xs[k];
-        out[(t0 + k) * a.out_stride] = FromF32<T>(a.silu ? Silu(acc) : acc);
+        out[(t0 + k) * a.out_stride] = FromF32<TO>(a.silu ? Silu(acc) : acc);
       }
     }
   }
@@ -436,15 +436,149 @@ __global__ void CausalConv1dKernel(const CausalConv1dArgs a,
   }
 }
 
-template <typename T, typename TW>
+// Tokens of one segment of the split conv.
+constexpr int kConvSegment = 64;
+
+// The sequence holding token t of a prefill batch (cu_seqlens clamped like
+// CausalConv1dKernel does), by binary search; −1 when no sequence does.
+__device__ __forceinline__ int64_t ConvSequence(const CausalConv1dArgs& a,
+                                                int64_t t, int64_t* start,
+                                                int64_t* end) {
+  int64_t lo = 0;
+  int64_t hi = a.batch - 1;
+  // The last b with clamped cu[b] <= t.
+  auto cu = [&](int64_t b) {
+    return min(max(static_cast<int64_t>(a.cu_seqlens[b]), int64_t{0}),
+               a.tokens);
+  };
+  if (a.batch < 1 || cu(0) > t) return -1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (cu(mid) <= t) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  *start = cu(lo);
+  *end = min(max(static_cast<int64_t>(a.cu_seqlens[lo + 1]), *start), a.tokens);
+  return t < *end ? lo : -1;
+}
+
+// Input m ≥ 1 positions before token t of a sequence starting at `start`:
+// from x inside the sequence, else from the slot's history (oldest first).
+template <typename T>
+__device__ __forceinline__ float ConvInput(const CausalConv1dArgs& a,
+                                           const T* x, const float* state,
+                                           int64_t start, int64_t t, int m) {
+  const int64_t pos = t - m;
+  if (pos >= start) return ToF32(x[pos * a.x_stride]);
+  const int64_t back = start - pos;  // 1 = the last input before start
+  return back <= a.width - 1 ? state[a.width - 1 - back] : 0.0f;
+}
+
+// The split form's outputs: thread (channel tile blockIdx.x, segment
+// blockIdx.y) computes tokens [kConvSegment · y, + kConvSegment) of its
+// channel, crossing sequence boundaries as they come. Reads the histories
+// in the conv state but does not update them (ConvStateKernel does, after).
+template <typename T, typename TO, typename TW, int kMaxW>
+__global__ void SegmentedConv1dKernel(const CausalConv1dArgs a) {
+  constexpr int kHist = kMaxW - 1;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= a.channels) return;
+  const int64_t t_lo = static_cast<int64_t>(blockIdx.y) * kConvSegment;
+  const int64_t t_hi = min(t_lo + kConvSegment, a.tokens);
+  const T* x = static_cast<const T*>(a.x) + c;
+  TO* out = static_cast<TO*>(a.out) + c;
+  const int off = kMaxW - a.width;
+  const TW* wrow = static_cast<const TW*>(a.weight) + c * a.weight_stride;
+  float w[kMaxW];
+#pragma unroll
+  for (int j = 0; j < kMaxW; ++j) w[j] = j >= off ? ToF32(wrow[j - off]) : 0.0f;
+
+  int64_t t = t_lo;
+  while (t < t_hi) {
+    int64_t start = 0;
+    int64_t end = 0;
+    const int64_t b = ConvSequence(a, t, &start, &end);
+    if (b < 0) {  // tokens outside every sequence are left as they are
+      ++t;
+      continue;
+    }
+    const int64_t stop = min(end, t_hi);
+    const int32_t slot = a.slots[b];
+    if (slot < 0 || slot >= a.num_slots) {
+      for (; t < stop; ++t) out[t * a.out_stride] = FromF32<TO>(0.0f);
+      continue;
+    }
+    const float* state =
+        a.conv_state + slot * a.state_stride[0] + c * a.state_stride[1];
+    float win[kHist];  // the kHist inputs before t, oldest first
+#pragma unroll
+    for (int j = 0; j < kHist; ++j) {
+      win[j] = j >= off ? ConvInput(a, x, state, start, t, kHist - j) : 0.0f;
+    }
+    for (; t < stop; ++t) {
+      const float xt = ToF32(x[t * a.x_stride]);
+      float acc = w[kHist] * xt;
+#pragma unroll
+      for (int j = 0; j < kHist; ++j) acc += w[j] * win[j];
+#pragma unroll
+      for (int j = 0; j + 1 < kHist; ++j) win[j] = win[j + 1];
+      if (kHist > 0) win[kHist - 1] = xt;
+      out[t * a.out_stride] = FromF32<TO>(a.silu ? Silu(acc) : acc);
+    }
+  }
+}
+
+// The split form's history update: thread (sequence blockIdx.y, channel)
+// stores the last width − 1 inputs of its sequence.
+template <typename T>
+__global__ void ConvStateKernel(const CausalConv1dArgs a) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t b = blockIdx.y;
+  if (c >= a.channels || a.width < 2) return;
+  const int32_t slot = a.slots[b];
+  if (slot < 0 || slot >= a.num_slots) return;
+  const int64_t start =
+      min(max(static_cast<int64_t>(a.cu_seqlens[b]), int64_t{0}), a.tokens);
+  const int64_t end =
+      min(max(static_cast<int64_t>(a.cu_seqlens[b + 1]), start), a.tokens);
+  const T* x = static_cast<const T*>(a.x) + c;
+  float* state =
+      a.conv_state + slot * a.state_stride[0] + c * a.state_stride[1];
+  float hist[kCausalConvMaxWidth - 1];
+  const int h = a.width - 1;
+  for (int j = 0; j < h; ++j)
+    hist[j] = ConvInput(a, x, state, start, end, h - j);
+  for (int j = 0; j < h; ++j) state[j] = hist[j];
+}
+
+template <typename T, typename TO, typename TW>
 void LaunchCausalConv1dTyped(const CausalConv1dArgs& a, cudaStream_t stream) {
   constexpr int kThreads = 128;
   const int64_t tiles = (a.channels + kThreads - 1) / kThreads;
+  const int64_t segments = (a.tokens + kConvSegment - 1) / kConvSegment;
+  if (a.cu_seqlens != nullptr && a.x != a.out && segments <= 65535 &&
+      a.batch <= 65535 && tiles <= INT32_MAX) {
+    const dim3 grid(static_cast<unsigned>(tiles),
+                    static_cast<unsigned>(segments));
+    if (a.width <= 4) {
+      SegmentedConv1dKernel<T, TO, TW, 4><<<grid, kThreads, 0, stream>>>(a);
+    } else {
+      SegmentedConv1dKernel<T, TO, TW, kCausalConvMaxWidth>
+          <<<grid, kThreads, 0, stream>>>(a);
+    }
+    const dim3 state_grid(static_cast<unsigned>(tiles),
+                          static_cast<unsigned>(a.batch));
+    ConvStateKernel<T><<<state_grid, kThreads, 0, stream>>>(a);
+    return;
+  }
   const unsigned grid = static_cast<unsigned>(a.batch * tiles);
   if (a.width <= 4) {
-    CausalConv1dKernel<T, TW, 4><<<grid, kThreads, 0, stream>>>(a, tiles);
+    CausalConv1dKernel<T, TO, TW, 4><<<grid, kThreads, 0, stream>>>(a, tiles);
   } else {
-    CausalConv1dKernel<T, TW, kCausalConvMaxWidth>
+    CausalConv1dKernel<T, TO, TW, kCausalConvMaxWidth>
         <<<grid, kThreads, 0, stream>>>(a, tiles);
   }
 }
@@ -627,6 +761,10 @@ absl::Status LaunchGdnGates(const GdnGatesArgs& a, void* stream) {
 absl::Status LaunchCausalConv1d(const CausalConv1dArgs& a, void* stream) {
   constexpr char kOp[] = "CausalConv1d";
   if (!IsFloat(a.dtype)) return CheckFloat(kOp, "dtype", a.dtype);
+  if (!IsFloat(a.out_dtype)) return CheckFloat(kOp, "out_dtype", a.out_dtype);
+  if (a.out_dtype != a.dtype && a.x == a.out) {
+    return absl::InvalidArgumentError("CausalConv1d: out narrows x in place");
+  }
   if (!IsFloat(a.weight_dtype)) {
     return CheckFloat(kOp, "weight_dtype", a.weight_dtype);
   }
@@ -656,9 +794,12 @@ absl::Status LaunchCausalConv1d(const CausalConv1dArgs& a, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   DispatchFloat(a.dtype, [&](auto t) {
     using T = decltype(t);
-    DispatchFloat(a.weight_dtype, [&](auto tw) {
-      using TW = decltype(tw);
-      LaunchCausalConv1dTyped<T, TW>(a, s);
+    DispatchFloat(a.out_dtype, [&](auto to) {
+      using TO = decltype(to);
+      DispatchFloat(a.weight_dtype, [&](auto tw) {
+        using TW = decltype(tw);
+        LaunchCausalConv1dTyped<T, TO, TW>(a, s);
+      });
     });
   });
   return LaunchResult("CausalConv1d kernel launch");

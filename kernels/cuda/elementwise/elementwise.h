@@ -143,14 +143,20 @@ absl::Status LaunchGdnGates(const GdnGatesArgs& args, void* stream);
 // zero output rows and touches no state. Slots must be distinct. out may
 // alias x (same stride): one thread owns a channel of a whole sequence and
 // reads each input before it writes that output.
+//
+// Prefill batches whose out does not alias x are split into segments of
+// tokens (any channel of any segment in parallel, then the states in a
+// second kernel); decode batches and in-place calls walk each sequence on
+// one thread per channel.
 struct CausalConv1dArgs {
   const void* x = nullptr;              // [tokens, channels], dtype
-  void* out = nullptr;                  // [tokens, channels], dtype
+  void* out = nullptr;                  // [tokens, channels], out_dtype
   const void* weight = nullptr;         // [channels, width], weight_dtype
   float* conv_state = nullptr;          // [num_slots, channels, width − 1]
   const int32_t* cu_seqlens = nullptr;  // [batch + 1], or null (decode)
   const int32_t* slots = nullptr;       // [batch]
   DType dtype = DType::kF32;
+  DType out_dtype = DType::kF32;  // dtype, or bf16 for an f32 x (not in place)
   DType weight_dtype = DType::kF32;
   int64_t tokens = 0;
   int64_t batch = 0;

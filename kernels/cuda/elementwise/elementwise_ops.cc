@@ -157,13 +157,22 @@ absl::Status CheckConv(const char* op, const TensorView& x,
   }
   DS_RETURN_IF_ERROR(CheckView(op, "conv_state", conv_state, DType::kF32,
                                {kAny, channels, width - 1}));
-  DS_RETURN_IF_ERROR(CheckView(op, "out", out, dtype, {rows, channels}));
+  // The conv may also narrow f32 inputs to bf16 (not in place).
+  const DType out_dtype =
+      dtype == DType::kF32 && out.dtype == DType::kBF16 ? DType::kBF16 : dtype;
+  DS_RETURN_IF_ERROR(CheckView(op, "out", out, out_dtype, {rows, channels}));
+  if (out_dtype != dtype && out.data == x.data) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": out ", out.DebugString(), " narrows x ",
+                     x.DebugString(), " in place"));
+  }
   DS_RETURN_IF_ERROR(CheckAlias(op, "out", out, "x", x));
   args->x = x.data;
   args->out = out.data;
   args->weight = weight.data;
   args->conv_state = conv_state.f32();
   args->dtype = dtype;
+  args->out_dtype = out_dtype;
   args->weight_dtype = weight_dtype;
   args->tokens = rows;
   args->channels = channels;

@@ -601,8 +601,11 @@ struct ConvCase {
 
 // Runs CausalConv1d (update: the decode form) on one case and compares out
 // and the whole state pool with CpuKernels.
+// out is in dt.act unless `narrow` (bf16 out for an f32 x).
 void CheckConv(CpuKernels* cpu, const DTypes& dt, const ConvCase& c,
-               bool update, bool silu, Layout layout, std::mt19937* rng) {
+               bool update, bool silu, Layout layout, std::mt19937* rng,
+               bool narrow = false) {
+  const DType out_dtype = narrow ? DType::kBF16 : dt.act;
   const int64_t pool = c.batch + 3;
   const HostTensor x = Random({c.tokens, c.channels}, rng, dt.act, -2.0f, 2.0f);
   const HostTensor weight = Random({c.channels, c.width}, rng, dt.weight);
@@ -633,7 +636,7 @@ void CheckConv(CpuKernels* cpu, const DTypes& dt, const ConvCase& c,
   ASSERT_OK(dslots.Init(slots));
   const DeviceTensor* result = &dx;
   if (layout != Layout::kInPlace) {
-    ASSERT_OK(dout.Init(HostTensor({c.tokens, c.channels}, NAN), dt.act,
+    ASSERT_OK(dout.Init(HostTensor({c.tokens, c.channels}, NAN), out_dtype,
                         Pad(layout)));
     result = &dout;
   }
@@ -646,7 +649,7 @@ void CheckConv(CpuKernels* cpu, const DTypes& dt, const ConvCase& c,
     ASSERT_OK(CudaCausalConv1d(dx.view(), dw.view(), dcu.view(), dstate.view(),
                                dslots.view(), silu, result->view(), Stream()));
   }
-  ExpectMatches(*result, want, Tolerance(dt.act));
+  ExpectMatches(*result, want, Tolerance(out_dtype));
   // The state holds inputs (exact in either dtype): slots not in the batch
   // stay as they were.
   ASSERT_OK(CudaStatus(cudaDeviceSynchronize(), "synchronize"));
@@ -677,6 +680,26 @@ TEST_P(ElementwiseOpsTest, CausalConv1d) {
                                 c.channels, " W ", c.width, " silu ", silu, " ",
                                 LayoutName(layout)));
       CheckConv(cpu_.get(), dt, c, /*update=*/false, silu, layout, &rng_);
+    }
+  }
+}
+
+// f32 inputs narrowed to a bf16 out (what the model's prefill feeds the
+// chunked delta rule); long multi-sequence batches cross many segments.
+TEST_P(ElementwiseOpsTest, CausalConv1dNarrowsToBf16) {
+  const DTypes dt = GetParam();
+  if (dt.act != DType::kF32) GTEST_SKIP() << "narrows f32 only";
+  const ConvCase cases[] = {{1, 1, 7, 4},     {65, 6, 63, 4},
+                            {1000, 3, 65, 4}, {3000, 5, 130, 3},
+                            {257, 40, 33, 4}, {4096, 1, 1000, 16}};
+  for (const ConvCase& c : cases) {
+    for (Layout layout : Layouts(c.tokens * c.channels)) {
+      if (layout == Layout::kInPlace) continue;
+      SCOPED_TRACE(absl::StrCat("T ", c.tokens, " B ", c.batch, " C ",
+                                c.channels, " W ", c.width, " ",
+                                LayoutName(layout)));
+      CheckConv(cpu_.get(), dt, c, /*update=*/false, /*silu=*/true, layout,
+                &rng_, /*narrow=*/true);
     }
   }
 }

@@ -31,8 +31,10 @@ inline constexpr int kGdrChunkedValueTile = 32;
 //   out_t = Sᵀ (scale · q_t)
 // where q and k are first divided by sqrt(Σx² + 1e-6) when l2norm_qk.
 struct GdrArgs {
-  // q, k, v and out are f32 (`act_bf16` false) or bf16 (true); g and beta
-  // are each f32 or bf16 by their own flag. state is always f32.
+  // q, k and v are f32 (`act_bf16` false) or bf16 (true); g, beta and out
+  // are each f32 or bf16 by their own flag (out must match q, k and v,
+  // except that the chunked form takes an f32 out for bf16 inputs). state
+  // is always f32.
   const void* q = nullptr;              // [T, Hk, K]
   const void* k = nullptr;              // [T, Hk, K]
   const void* v = nullptr;              // [T, Hv, V]
@@ -43,6 +45,7 @@ struct GdrArgs {
   const int32_t* slots = nullptr;       // [B]
   void* out = nullptr;                  // [T, Hv, V]
   bool act_bf16 = false;
+  bool out_bf16 = false;
   bool g_bf16 = false;
   bool beta_bf16 = false;
 
@@ -87,7 +90,10 @@ absl::Status LaunchGdrRecurrent(const GdrArgs& args, void* stream);
 
 // Chunked form, chunks of kGdrChunkSize (kernels.h) tokens from each
 // sequence's start. K must be 32, 64 or 128 and V a positive multiple of
-// kGdrChunkedValueTile. Same return codes as LaunchGdrRecurrent.
+// kGdrChunkedValueTile. f32 inputs run in fp32 on CUDA cores; bf16 inputs
+// run the chunk products on tensor cores (bf16 operands, fp32
+// accumulation, the state carried in fp32). Same return codes as
+// LaunchGdrRecurrent.
 absl::Status LaunchGdrChunked(const GdrArgs& args, void* stream);
 
 }  // namespace deltaserve

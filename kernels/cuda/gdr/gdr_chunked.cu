@@ -43,8 +43,10 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gdr/gdr.h"
+#include "kernels/cuda/gdr/gdr_chunk.cuh"
 #include "kernels/cuda/gdr/gdr_common.cuh"
 #include "kernels/kernels.h"
 #include "kernels/status.h"
@@ -52,19 +54,22 @@
 namespace deltaserve {
 namespace {
 
+using gdr_internal::ChunkSequence;
 using gdr_internal::FromFloat;
+using gdr_internal::kC;
+using gdr_internal::LoadGates;
 using gdr_internal::LoadScalar;
+using gdr_internal::LocateChunk;
+using gdr_internal::NumChunks;
 using gdr_internal::ToFloat;
 
 constexpr char kOp[] = "GatedDeltaRuleChunked";
-constexpr int kC = kGdrChunkSize;
 constexpr int kVT = kGdrChunkedValueTile;
 // Value columns of one block of the state kernel.
 constexpr int kVS = 16;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kScanThreads = 1024;
-static_assert(kC == 64, "the thread mappings below assume 64-token chunks");
 static_assert(kVT == 32, "a value tile is one warp wide");
 static_assert(kVT % kVS == 0, "state tiles split value tiles");
 
@@ -80,22 +85,6 @@ struct Workspace {
   float* rows = nullptr;
   int32_t* base = nullptr;
 };
-
-__device__ __forceinline__ float WarpSum(float x) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    x += __shfl_xor_sync(0xffffffffu, x, offset);
-  }
-  return x;
-}
-
-// Chunks of sequence b: 0 when its offsets are malformed.
-__device__ __forceinline__ int32_t NumChunks(const GdrArgs& a, int64_t b) {
-  int64_t start = 0;
-  int64_t end = 0;
-  if (!gdr_internal::SequenceRange(a, b, &start, &end)) return 0;
-  return static_cast<int32_t>((end - start + kC - 1) / kC);
-}
 
 // base[b] = Σ_{b' < b} chunks of b', for b in [0, B]; one block.
 __global__ void __launch_bounds__(kScanThreads)
@@ -133,101 +122,6 @@ __global__ void __launch_bounds__(kScanThreads)
     run += NumChunks(a, b);
   }
   if (tid == kScanThreads - 1) base[a.batch] = run;
-}
-
-// The sequence owning chunk c, or −1 past the last chunk.
-__device__ __forceinline__ int64_t ChunkSequence(const GdrArgs& a,
-                                                 const int32_t* base,
-                                                 int64_t c) {
-  if (c >= base[a.batch]) return -1;
-  int64_t lo = 0;
-  int64_t hi = a.batch - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (base[mid] <= c) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  return lo;
-}
-
-// Loads rows [0, kC) of a chunk of q or k (zero past n) into x [kC][ld],
-// multiplied by `mul` and, when l2norm_qk, by 1 / ‖row‖ (stored in norm
-// when not null). One warp per row.
-template <typename T, int kK>
-__device__ __forceinline__ void LoadRows(const GdrArgs& a, const T* p,
-                                         int64_t stride, int64_t c0, int n,
-                                         float mul, float* x, int ld,
-                                         float* norm) {
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  for (int i = warp; i < kC; i += kWarps) {
-    float xv[kK / 32];
-    float ss = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kK / 32; ++e) {
-      xv[e] = i < n ? ToFloat(p[(c0 + i) * stride + lane + 32 * e]) : 0.0f;
-      ss += xv[e] * xv[e];
-    }
-    float m = 1.0f;
-    if (a.l2norm_qk) m = rsqrtf(WarpSum(ss) + 1e-6f);
-    if (norm != nullptr && lane == 0) norm[i] = m;
-    m *= mul;
-#pragma unroll
-    for (int e = 0; e < kK / 32; ++e) x[i * ld + lane + 32 * e] = xv[e] * m;
-  }
-}
-
-// Cumulative log decay and beta of a chunk into gcum and bet (zero past n);
-// warp 0.
-__device__ __forceinline__ void LoadGates(const GdrArgs& a, int h, int64_t c0,
-                                          int n, float* gcum, float* bet) {
-  const int lane = threadIdx.x % 32;
-  // Lane l owns tokens 2l and 2l + 1; an inclusive warp scan of the pair
-  // sums gives the cumulative log decay.
-  float g0 = 0.0f, g1 = 0.0f, b0 = 0.0f, b1 = 0.0f;
-  const int i0 = 2 * lane;
-  if (i0 < n) {
-    const int64_t t = c0 + i0;
-    b0 = LoadScalar(a.beta, t * a.beta_stride + h, a.beta_bf16);
-    if (a.g != nullptr) g0 = LoadScalar(a.g, t * a.g_stride + h, a.g_bf16);
-  }
-  if (i0 + 1 < n) {
-    const int64_t t = c0 + i0 + 1;
-    b1 = LoadScalar(a.beta, t * a.beta_stride + h, a.beta_bf16);
-    if (a.g != nullptr) g1 = LoadScalar(a.g, t * a.g_stride + h, a.g_bf16);
-  }
-  float incl = g0 + g1;
-#pragma unroll
-  for (int offset = 1; offset < 32; offset <<= 1) {
-    const float y = __shfl_up_sync(0xffffffffu, incl, offset);
-    if (lane >= offset) incl += y;
-  }
-  gcum[i0] = incl - g1;
-  gcum[i0 + 1] = incl;
-  if (bet != nullptr) {
-    bet[i0] = b0;
-    bet[i0 + 1] = b1;
-  }
-}
-
-// Where chunk c of the grid lies: its sequence, first token, length and
-// slot. False when the block has nothing to do.
-__device__ __forceinline__ bool LocateChunk(const GdrArgs& a,
-                                            const int32_t* base, int64_t c,
-                                            int64_t* c0, int* n,
-                                            int32_t* slot) {
-  const int64_t b = ChunkSequence(a, base, c);
-  if (b < 0) return false;
-  int64_t start = 0;
-  int64_t end = 0;
-  if (!gdr_internal::SequenceRange(a, b, &start, &end)) return false;
-  *c0 = start + (c - base[b]) * kC;
-  *n = static_cast<int>(end - *c0 < kC ? end - *c0 : kC);
-  *slot = a.slots[b * a.slots_stride];
-  return true;
 }
 
 template <int kK>
@@ -297,7 +191,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t ch = c * a.num_v_heads + h;
 
   const T* k = static_cast<const T*>(a.k) + kh * a.k_stride[1];
-  LoadRows<T, kK>(a, k, a.k_stride[0], c0, n, 1.0f, kc, kLdK, knorm);
+  gdr_internal::LoadRows<kWarps, T, kK>(a, k, a.k_stride[0], c0, n, 1.0f, kc,
+                                        kLdK, knorm);
   if (tid < 32) LoadGates(a, h, c0, n, gcum, bet);
   __syncthreads();
   if (tid < kC) {
@@ -673,8 +568,10 @@ __global__ void __launch_bounds__(kThreads)
 
   const T* q = static_cast<const T*>(a.q) + kh * a.q_stride[1];
   const T* k = static_cast<const T*>(a.k) + kh * a.k_stride[1];
-  LoadRows<T, kK>(a, q, a.q_stride[0], c0, n, a.scale, qc, kLdK, nullptr);
-  LoadRows<T, kK>(a, k, a.k_stride[0], c0, n, 1.0f, kc, kLdK, nullptr);
+  gdr_internal::LoadRows<kWarps, T, kK>(a, q, a.q_stride[0], c0, n, a.scale, qc,
+                                        kLdK, nullptr);
+  gdr_internal::LoadRows<kWarps, T, kK>(a, k, a.k_stride[0], c0, n, 1.0f, kc,
+                                        kLdK, nullptr);
   if (tid < kC) gcum[tid] = ws.rows[ch * 2 * kC + tid];
   __syncthreads();
 
@@ -815,6 +712,14 @@ absl::Status LaunchTyped(const GdrArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
+namespace gdr_internal {
+
+void LaunchChunkBase(const GdrArgs& a, int32_t* base, cudaStream_t stream) {
+  ChunkBaseKernel<<<1, kScanThreads, 0, stream>>>(a, base);
+}
+
+}  // namespace gdr_internal
+
 absl::Status LaunchGdrChunked(const GdrArgs& args, void* stream) {
   DS_RETURN_IF_ERROR(gdr_internal::CheckCommonArgs(kOp, args));
   if (args.key_dim != 32 && args.key_dim != 64 && args.key_dim != 128) {
@@ -830,8 +735,14 @@ absl::Status LaunchGdrChunked(const GdrArgs& args, void* stream) {
   }
   if (args.batch == 0 || args.tokens == 0) return absl::OkStatus();
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return args.act_bf16 ? LaunchTyped<__nv_bfloat16>(args, s)
-                       : LaunchTyped<float>(args, s);
+  if (args.act_bf16) {
+    return gdr_internal::LaunchGdrChunkedTensorCores(args, s);
+  }
+  if (args.out_bf16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": f32 inputs need an f32 out"));
+  }
+  return LaunchTyped<float>(args, s);
 }
 
 }  // namespace deltaserve

@@ -33,7 +33,8 @@ absl::StatusOr<GdrArgs> MakeArgs(const char* op, const TensorView& q,
                                  const TensorView& cu_seqlens,
                                  const TensorView& state,
                                  const TensorView& slots, float scale,
-                                 bool l2norm_qk, const TensorView& out) {
+                                 bool l2norm_qk, const TensorView& out,
+                                 bool f32_out_allowed) {
   const DType act = FloatDType(q);
   DS_RETURN_IF_ERROR(CheckView(op, "q", q, act, {kAny, kAny, kAny}));
   const int64_t tokens = q.dim(0);
@@ -84,7 +85,10 @@ absl::StatusOr<GdrArgs> MakeArgs(const char* op, const TensorView& q,
                      state.strides[2], ", smaller than its row length"));
   }
   DS_RETURN_IF_ERROR(CheckView(op, "slots", slots, DType::kI32, {batch}));
-  DS_RETURN_IF_ERROR(CheckView(op, "out", out, act, {tokens, hv, dv}));
+  // The chunked form may widen bf16 inputs to an f32 out.
+  const DType out_dtype =
+      f32_out_allowed && out.dtype == DType::kF32 ? DType::kF32 : act;
+  DS_RETURN_IF_ERROR(CheckView(op, "out", out, out_dtype, {tokens, hv, dv}));
 
   GdrArgs a;
   a.q = q.data;
@@ -97,6 +101,7 @@ absl::StatusOr<GdrArgs> MakeArgs(const char* op, const TensorView& q,
   a.slots = slots.i32();
   a.out = out.data;
   a.act_bf16 = act == DType::kBF16;
+  a.out_bf16 = out_dtype == DType::kBF16;
   a.g_bf16 = !g.empty() && g.dtype == DType::kBF16;
   a.beta_bf16 = beta.dtype == DType::kBF16;
   a.tokens = tokens;
@@ -136,7 +141,8 @@ absl::Status CudaGatedDeltaRuleRecurrent(
   constexpr char kOp[] = "GatedDeltaRuleRecurrent";
   DS_ASSIGN_OR_RETURN(const GdrArgs args,
                       MakeArgs(kOp, q, k, v, g, beta, cu_seqlens, state, slots,
-                               scale, l2norm_qk, out));
+                               scale, l2norm_qk, out,
+                               /*f32_out_allowed=*/false));
   if (args.key_dim > kGdrRecurrentMaxKeyDim) {
     return absl::InvalidArgumentError(absl::StrCat(
         kOp, ": q ", q.DebugString(), " has key dimension ", args.key_dim,
@@ -153,7 +159,8 @@ absl::Status CudaGatedDeltaRuleChunked(
   constexpr char kOp[] = "GatedDeltaRuleChunked";
   DS_ASSIGN_OR_RETURN(const GdrArgs args,
                       MakeArgs(kOp, q, k, v, g, beta, cu_seqlens, state, slots,
-                               scale, l2norm_qk, out));
+                               scale, l2norm_qk, out,
+                               /*f32_out_allowed=*/true));
   if (args.key_dim != 32 && args.key_dim != 64 && args.key_dim != 128) {
     return absl::InvalidArgumentError(absl::StrCat(
         kOp, ": q ", q.DebugString(), " has key dimension ", args.key_dim,

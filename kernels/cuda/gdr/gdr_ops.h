@@ -18,8 +18,11 @@ namespace deltaserve {
 //   f32 read from and written to `slots` (i32 [B]) in place; out [T, Hv, V].
 // Value head h uses key head h / (Hv / Hk). Every tensor is in device memory
 // (Device::kCuda) with unit last stride; outer strides may be anything.
-// q, k, v and out share one dtype, f32 or bf16; g and beta are each f32 or
-// bf16; state is f32. Arithmetic and the state are fp32 throughout.
+// q, k, v and out share one dtype, f32 or bf16 (the chunked form also takes
+// an f32 out for bf16 inputs); g and beta are each f32 or bf16; state is
+// f32. The state is carried in fp32 throughout; arithmetic is fp32, except
+// that the chunked form of bf16 inputs runs its chunk products on tensor
+// cores (bf16 operands, fp32 accumulation), to about bf16 accuracy.
 //
 // cu_seqlens and slots live on the device and their values are not checked
 // here (that would need a device-to-host copy): a sequence whose slot is

@@ -47,6 +47,8 @@ struct Case {
   bool bf16;
   // Log decays are uniform in [g_min, 0].
   float g_min = -0.2f;
+  // bf16 inputs with an f32 out (the chunked form only).
+  bool out_f32 = false;
 };
 
 std::ostream& operator<<(std::ostream& os, const Case& c) {
@@ -56,6 +58,7 @@ std::ostream& operator<<(std::ostream& os, const Case& c) {
      << "_K" << c.dk << "_V" << c.dv << (c.gate ? "_gate" : "_nogate")
      << (c.l2norm ? "_l2" : "_nol2") << (c.bf16 ? "_bf16" : "_f32");
   if (c.gate && c.g_min < -1.0f) os << "_strongdecay";
+  if (c.out_f32) os << "_f32out";
   return os;
 }
 
@@ -87,6 +90,10 @@ class GdrOpsTest : public ::testing::TestWithParam<Case> {
 
 void GdrOpsTest::Check(Form form) {
   const Case& c = GetParam();
+  if (c.out_f32 && form == Form::kRecurrent) {
+    GTEST_SKIP() << "the recurrent form's out has the inputs' type";
+  }
+  const bool out_bf16 = c.bf16 && !c.out_f32;
   const int64_t b = static_cast<int64_t>(c.lens.size());
   std::vector<int32_t> cu(static_cast<size_t>(b + 1), 0);
   for (int64_t i = 0; i < b; ++i) cu[i + 1] = cu[i] + c.lens[i];
@@ -136,15 +143,18 @@ void GdrOpsTest::Check(Form form) {
     ASSERT_TRUE(d_v.Upload(ToBf16(v)).ok());
     ASSERT_TRUE(d_g.Upload(ToBf16(g)).ok());
     ASSERT_TRUE(d_beta.Upload(ToBf16(beta)).ok());
-    // 0xffff is a bf16 NaN: catches rows the kernel forgets to write.
-    ASSERT_TRUE(
-        d_out.Upload(std::vector<uint16_t>(want_out.data.size(), 0xffff)).ok());
   } else {
     ASSERT_TRUE(d_q.Upload(q.data).ok());
     ASSERT_TRUE(d_k.Upload(k.data).ok());
     ASSERT_TRUE(d_v.Upload(v.data).ok());
     ASSERT_TRUE(d_g.Upload(g.data).ok());
     ASSERT_TRUE(d_beta.Upload(beta.data).ok());
+  }
+  if (out_bf16) {
+    // 0xffff is a bf16 NaN: catches rows the kernel forgets to write.
+    ASSERT_TRUE(
+        d_out.Upload(std::vector<uint16_t>(want_out.data.size(), 0xffff)).ok());
+  } else {
     ASSERT_TRUE(
         d_out.Upload(std::vector<float>(want_out.data.size(), NAN)).ok());
   }
@@ -171,8 +181,8 @@ void GdrOpsTest::Check(Form form) {
       TensorView::Contiguous(d_cu.get(), DType::kI32, {b + 1}, dev);
   const TensorView dslots =
       TensorView::Contiguous(d_slots.get(), DType::kI32, {b}, dev);
-  const TensorView dout =
-      TensorView::Contiguous(d_out.get(), act, {t, c.hv, c.dv}, dev);
+  const TensorView dout = TensorView::Contiguous(
+      d_out.get(), out_bf16 ? DType::kBF16 : DType::kF32, {t, c.hv, c.dv}, dev);
   const absl::Status status =
       form == Form::kChunked
           ? CudaGatedDeltaRuleChunked(dq, dk, dv, dg, dbeta, dcu, dstate,
@@ -184,7 +194,7 @@ void GdrOpsTest::Check(Form form) {
   ASSERT_TRUE(CudaStatus(cudaDeviceSynchronize(), "gdr").ok());
 
   std::vector<float> got_out(want_out.data.size());
-  if (c.bf16) {
+  if (out_bf16) {
     std::vector<uint16_t> raw(got_out.size());
     ASSERT_TRUE(d_out.Download(&raw).ok());
     for (size_t i = 0; i < raw.size(); ++i) got_out[i] = Bf16ToF32(raw[i]);
@@ -257,6 +267,11 @@ std::vector<Case> Cases() {
   cases.push_back({lens, 2, 4, 64, 64, true, false, true, -8.0f});
   cases.push_back({{8192}, 2, 4, 128, 128, false, true, false});
   cases.push_back({{8192}, 16, 16, 128, 128, true, true, true, -0.05f});
+  // bf16 inputs, f32 out (what the model feeds the chunked form).
+  cases.push_back({lens, 2, 4, 128, 128, true, true, true, -0.2f, true});
+  cases.push_back({lens, 4, 8, 64, 32, true, true, true, -8.0f, true});
+  cases.push_back(
+      {{5, 0, 130, 0, 1}, 1, 2, 32, 64, false, true, true, -0.2f, true});
   // Several long sequences, 65536 tokens in all.
   cases.push_back(
       {{16384, 4001, 20000, 25151}, 2, 4, 128, 128, true, true, false, -0.05f});
@@ -384,6 +399,18 @@ TEST_F(GdrOpsArgsTest, RecurrentKeyDimLimit) {
   q = View(DType::kF32, {kT, kHk, 300});
   k = View(DType::kF32, {kT, kHk, 300});
   state = View(DType::kF32, {kS, kHv, 300, kV});
+  EXPECT_EQ(Recurrent().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(GdrOpsArgsTest, OnlyTheChunkedFormWidensBf16InputsToAnF32Out) {
+  const int64_t zero = 0;  // no tokens: the checks run, nothing launches
+  q = View(DType::kBF16, {zero, kHk, kK});
+  k = View(DType::kBF16, {zero, kHk, kK});
+  v = View(DType::kBF16, {zero, kHv, kV});
+  g = View(DType::kF32, {zero, kHv});
+  beta = View(DType::kF32, {zero, kHv});
+  out = View(DType::kF32, {zero, kHv, kV});
+  EXPECT_TRUE(Chunked().ok()) << Chunked();
   EXPECT_EQ(Recurrent().code(), absl::StatusCode::kInvalidArgument);
 }
 

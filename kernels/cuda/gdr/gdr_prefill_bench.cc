@@ -140,6 +140,7 @@ absl::StatusOr<double> TimeConfig(const Config& c, int reps, bool bf16) {
   a.slots = d_slots;
   a.out = out;
   a.act_bf16 = bf16;
+  a.out_bf16 = bf16;
   a.tokens = t;
   a.batch = c.batch;
   a.num_slots = c.batch;

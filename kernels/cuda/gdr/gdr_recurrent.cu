@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gdr/gdr.h"
 #include "kernels/cuda/gdr/gdr_common.cuh"
@@ -162,6 +163,10 @@ absl::Status LaunchGdrRecurrent(const GdrArgs& args, void* stream) {
   DS_RETURN_IF_ERROR(gdr_internal::CheckCommonArgs(kOp, args));
   if (args.key_dim > kGdrRecurrentMaxKeyDim) {
     return gdr_internal::Invalid(kOp, "key_dim", args.key_dim, "<= 256");
+  }
+  if (args.out_bf16 != args.act_bf16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": out must have the type of q, k and v"));
   }
   if (args.batch == 0 || args.tokens == 0) return absl::OkStatus();
   cudaStream_t s = static_cast<cudaStream_t>(stream);

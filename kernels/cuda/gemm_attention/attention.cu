@@ -31,6 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gemm_attention/attention.h"
+#include "kernels/cuda/mma.cuh"
 
 namespace deltaserve {
 namespace {
@@ -558,54 +559,14 @@ constexpr size_t FlashSmemBytes(int d, int m_tiles) {
                                 FlashStride(d);
 }
 
-__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Copies 16 bytes from global src to shared dst asynchronously, or writes
-// 16 zero bytes (reading nothing) when !valid.
-__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src,
-                                          bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
-               "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void CpAsyncCommit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-__device__ __forceinline__ void CpAsyncWaitAll() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
-// Four 8×8 b16 matrices; lane l gives the row address of matrix l / 8.
-__device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile(
-      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-      : "r"(addr));
-}
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t addr,
-                                                uint32_t (&r)[4]) {
-  asm volatile(
-      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, "
-      "[%4];\n"
-      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-      : "r"(addr));
-}
-
-// c += a·b for one m16n8k16 tile (bf16 in, fp32 accumulate).
-__device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4],
-                                        uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats as bf16x2, lo in the low half.
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
+using mma::CpAsync16;
+using mma::CpAsyncCommit;
+using mma::CpAsyncWaitAll;
+using mma::LdMatrixX4;
+using mma::LdMatrixX4Trans;
+using mma::MmaBf16;
+using mma::PackBf16;
+using mma::SmemAddress;
 
 template <int D, int M>
 __global__ void __launch_bounds__(kFlashThreads, 2)
