@@ -21,6 +21,7 @@ enum ScratchId {
   kK,
   kV,
   kCore,
+  kCore2,
   kGate,
   kUp,
   kNormed,
@@ -150,6 +151,11 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
   // runs its products on tensor cores). q, k and v are then column views of
   // the conv's rows.
   TensorView mixed = qkv_view;
+  // With bf16 activations (the GPU) the chunked form runs in bf16 and the
+  // recurrent one in fp32, so a batch mixing one-token and longer sequences
+  // runs each kind on its own path (their slot lists leave the other kind's
+  // rows alone); in f32 both forms agree and one chunked call does.
+  const bool split = b.mixed && ctx.act != DType::kF32;
   if (b.decode) {
     DS_RETURN_IF_ERROR(k.CausalConv1dUpdate(qkv_view, w.conv.view(), conv_state,
                                             b.slots, /*silu=*/true, qkv_view,
@@ -157,9 +163,16 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
   } else {
     DS_ASSIGN_OR_RETURN(void* conv_out, sc.Get(kMixed, t * c * es));
     mixed = vw.Act(conv_out, {t, c});
-    DS_RETURN_IF_ERROR(k.CausalConv1d(qkv_view, w.conv.view(), b.cu_seqlens,
-                                      conv_state, b.slots, /*silu=*/true, mixed,
-                                      ctx.stream));
+    DS_RETURN_IF_ERROR(k.CausalConv1d(
+        qkv_view, w.conv.view(), b.cu_seqlens, conv_state,
+        split ? b.multi_slots : b.slots, /*silu=*/true, mixed, ctx.stream));
+    if (split) {
+      // One-token sequences as in a decode step: in place, in f32 (after the
+      // call above has read every row).
+      DS_RETURN_IF_ERROR(k.CausalConv1d(qkv_view, w.conv.view(), b.cu_seqlens,
+                                        conv_state, b.single_slots,
+                                        /*silu=*/true, qkv_view, ctx.stream));
+    }
   }
   TensorView g_view;
   if (spec.use_decay) g_view = vw.F32(g, {t, hv});
@@ -176,10 +189,26 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
     DS_RETURN_IF_ERROR(k.GatedDeltaRuleRecurrent(
         qv, kv, vv, g_view, vw.F32(beta, {t, hv}), b.cu_seqlens, state, b.slots,
         scale, /*l2norm_qk=*/true, ov, ctx.stream));
-  } else {
+  } else if (!split) {
     DS_RETURN_IF_ERROR(k.GatedDeltaRuleChunked(
         qv, kv, vv, g_view, vw.F32(beta, {t, hv}), b.cu_seqlens, state, b.slots,
         scale, /*l2norm_qk=*/true, ov, ctx.stream));
+  } else {
+    // One-token sequences take the decode path, the others the chunked one;
+    // each leaves the other's rows zero, and the sum is exact.
+    DS_RETURN_IF_ERROR(k.GatedDeltaRuleRecurrent(
+        Views::Heads(qkv_view, 0, hk, spec.head_k_dim),
+        Views::Heads(qkv_view, kd, hk, spec.head_k_dim),
+        Views::Heads(qkv_view, 2 * kd, hv, spec.head_v_dim), g_view,
+        vw.F32(beta, {t, hv}), b.cu_seqlens, state, b.single_slots, scale,
+        /*l2norm_qk=*/true, ov, ctx.stream));
+    DS_ASSIGN_OR_RETURN(void* core2, sc.Get(kCore2, t * vd * 4));
+    const TensorView ov2 = vw.F32(core2, {t, hv, spec.head_v_dim});
+    DS_RETURN_IF_ERROR(k.GatedDeltaRuleChunked(
+        qv, kv, vv, g_view, vw.F32(beta, {t, hv}), b.cu_seqlens, state,
+        b.multi_slots, scale, /*l2norm_qk=*/true, ov2, ctx.stream));
+    DS_RETURN_IF_ERROR(k.Add(vw.F32(core, {t, vd}), vw.F32(core2, {t, vd}),
+                             vw.F32(core, {t, vd}), ctx.stream));
   }
   // The output norm narrows to the activations' type for out_proj.
   const TensorView rows = vw.F32(core, {t * hv, spec.head_v_dim});

@@ -38,13 +38,20 @@ class Scratch {
 
 // The batch layout every layer sees (index tensors in the kernels' memory).
 struct BatchLayout {
-  int64_t num_tokens = 0;        // T
-  int num_seqs = 0;              // B
-  bool decode = false;           // every sequence has exactly one new token
+  int64_t num_tokens = 0;  // T
+  int num_seqs = 0;        // B
+  bool decode = false;     // every sequence has exactly one new token
+  // Some sequences have one new token and others more: layers that compute
+  // the two kinds differently (the delta rule: recurrent in fp32 for one
+  // token, chunked for more) run each kind on its own slots, so that a
+  // sequence's result does not depend on what it is batched with.
+  bool mixed = false;
   TensorView ids;                // i32 [T]
   TensorView positions;          // i32 [T]
   TensorView cu_seqlens;         // i32 [B + 1]
   TensorView slots;              // i32 [B]
+  TensorView single_slots;       // i32 [B]: slots, −1 where n_b > 1
+  TensorView multi_slots;        // i32 [B]: slots, −1 where n_b = 1
   TensorView page_table;         // i32 [B, pages]: global attention
   TensorView window_page_table;  // i32 [B, pages]: sliding-window attention
   TensorView start_pos;          // i32 [B]

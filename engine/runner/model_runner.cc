@@ -74,9 +74,11 @@ absl::Status ModelRunner::Pack(absl::Span<const SequenceInput> batch, int rows,
   int64_t tokens = 0;
   int64_t max_global = 1, max_window = 1;
   decode_ = true;
+  bool any_single = false;
   for (const SequenceInput& s : batch) {
     if (s.tokens.empty()) return absl::InvalidArgumentError("empty sequence");
     if (s.tokens.size() != 1) decode_ = false;
+    if (s.tokens.size() == 1) any_single = true;
     for (const int32_t id : s.tokens) {
       if (id < 0 || id >= spec.vocab_size) {
         return absl::InvalidArgumentError(
@@ -98,6 +100,7 @@ absl::Status ModelRunner::Pack(absl::Span<const SequenceInput> batch, int rows,
       max_window = std::max<int64_t>(max_window, s.pages->window.size());
     }
   }
+  mixed_ = !decode_ && any_single;
   const int pad = rows - b;
   const int64_t t = tokens + pad;
   const int64_t gw = std::max(global_width, max_global);
@@ -115,7 +118,9 @@ absl::Status ModelRunner::Pack(absl::Span<const SequenceInput> batch, int rows,
   o.context_lens = o.start_pos + rows;
   o.table = o.context_lens + rows;
   o.window = o.table + rows * gw;
-  o.last = o.window + rows * ww;
+  o.single_slots = o.window + rows * ww;
+  o.multi_slots = o.single_slots + rows;
+  o.last = o.multi_slots + rows;
   host_idx_.assign(o.last, -1);
   int32_t* h = host_idx_.data();
   last_rows_.resize(rows);
@@ -133,6 +138,8 @@ absl::Status ModelRunner::Pack(absl::Span<const SequenceInput> batch, int rows,
     h[o.cu + i + 1] = static_cast<int32_t>(row);
     last_rows_[i] = static_cast<int32_t>(row - 1);
     h[o.slots + i] = real ? batch[i].slot : pool_->padding_slot();
+    h[o.single_slots + i] = n == 1 ? h[o.slots + i] : -1;
+    h[o.multi_slots + i] = n == 1 ? -1 : h[o.slots + i];
     h[o.start_pos + i] = static_cast<int32_t>(start);
     h[o.context_lens + i] = static_cast<int32_t>(start + n);
     if (real && batch[i].pages != nullptr) {
@@ -158,10 +165,13 @@ void ModelRunner::Layout(void* device_idx, BatchLayout* layout) const {
   layout->num_tokens = o.tokens;
   layout->num_seqs = static_cast<int>(o.seqs);
   layout->decode = decode_;
+  layout->mixed = mixed_;
   layout->ids = view(o.ids, {o.tokens});
   layout->positions = view(o.positions, {o.tokens});
   layout->cu_seqlens = view(o.cu, {o.seqs + 1});
   layout->slots = view(o.slots, {o.seqs});
+  layout->single_slots = view(o.single_slots, {o.seqs});
+  layout->multi_slots = view(o.multi_slots, {o.seqs});
   layout->start_pos = view(o.start_pos, {o.seqs});
   layout->context_lens = view(o.context_lens, {o.seqs});
   layout->page_table = view(o.table, {o.seqs, o.global_width});

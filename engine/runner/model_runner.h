@@ -163,10 +163,11 @@ class ModelRunner {
   std::vector<int32_t> host_idx_;
   struct Offsets {
     int64_t ids, positions, cu, slots, start_pos, context_lens, table, window,
-        last;
+        single_slots, multi_slots, last;
     int64_t tokens, seqs, global_width, window_width;
   } off_{};
   bool decode_ = false;
+  bool mixed_ = false;
   std::vector<int32_t> last_rows_;  // host: each sequence's last token row
 };
 
