@@ -14,50 +14,18 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/cpu_checks.h"
 #include "kernels/memory.h"
 #include "kernels/sampling_rule.h"
 #include "kernels/status.h"
 #include "kernels/tensor_check.h"
 
 namespace deltaserve {
-namespace {
+namespace cpu_internal {
 
-constexpr int64_t kAny = kAnyDim;
-constexpr int64_t kMaxBlasDim = std::numeric_limits<int>::max();
-
-absl::Status CheckView(const char* op, const char* name, const TensorView& t,
-                       DType dtype, std::initializer_list<int64_t> dims) {
-  return CheckTensor(op, name, t, dtype, dims, Device::kCpu);
-}
-
-// Checks that `b` is f32 with the shape of the [R, N] tensor `a`.
-absl::Status CheckSameShape(const char* op, const TensorView& a,
-                            const char* name_b, const TensorView& b) {
-  return CheckView(op, name_b, b, DType::kF32, {a.dim(0), a.dim(1)});
-}
-
-// Element pointers through outer strides (the last stride is 1).
-inline float* F32At(const TensorView& t, int64_t i) {
-  return t.f32() + i * t.strides[0];
-}
-inline float* F32At(const TensorView& t, int64_t i, int64_t j) {
-  return t.f32() + i * t.strides[0] + j * t.strides[1];
-}
-inline float* F32At(const TensorView& t, int64_t i, int64_t j, int64_t l) {
-  return t.f32() + i * t.strides[0] + j * t.strides[1] + l * t.strides[2];
-}
-inline int32_t I32At(const TensorView& t, int64_t i) {
-  return t.i32()[i * t.strides[0]];
-}
-inline int32_t I32At(const TensorView& t, int64_t i, int64_t j) {
-  return t.i32()[i * t.strides[0] + j * t.strides[1]];
-}
-
-// Validates cu_seqlens (i32 [B + 1], 0 = cu[0] <= ... <= cu[B] = total) and
-// returns B.
 absl::StatusOr<int64_t> CheckCuSeqlens(const char* op, const TensorView& cu,
                                        int64_t total) {
-  DS_RETURN_IF_ERROR(CheckView(op, "cu_seqlens", cu, DType::kI32, {kAny}));
+  DS_RETURN_IF_ERROR(CheckView(op, "cu_seqlens", cu, DType::kI32, {kAnyDim}));
   if (cu.dim(0) < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         op, ": cu_seqlens ", cu.DebugString(), " needs at least one entry"));
@@ -83,7 +51,6 @@ absl::StatusOr<int64_t> CheckCuSeqlens(const char* op, const TensorView& cu,
   return b;
 }
 
-// Validates slots (i32 [B], every entry in [0, pool_size)).
 absl::Status CheckSlots(const char* op, const TensorView& slots, int64_t b,
                         int64_t pool_size, const char* pool_name) {
   DS_RETURN_IF_ERROR(CheckView(op, "slots", slots, DType::kI32, {b}));
@@ -96,6 +63,25 @@ absl::Status CheckSlots(const char* op, const TensorView& slots, int64_t b,
     }
   }
   return absl::OkStatus();
+}
+
+}  // namespace cpu_internal
+
+namespace {
+
+using cpu_internal::CheckCuSeqlens;
+using cpu_internal::CheckSlots;
+using cpu_internal::CheckView;
+using cpu_internal::F32At;
+using cpu_internal::I32At;
+
+constexpr int64_t kAny = kAnyDim;
+constexpr int64_t kMaxBlasDim = std::numeric_limits<int>::max();
+
+// Checks that `b` is f32 with the shape of the [R, N] tensor `a`.
+absl::Status CheckSameShape(const char* op, const TensorView& a,
+                            const char* name_b, const TensorView& b) {
+  return CheckView(op, name_b, b, DType::kF32, {a.dim(0), a.dim(1)});
 }
 
 // Checks that a 2-D matrix's rows do not overlap and that its sizes fit the

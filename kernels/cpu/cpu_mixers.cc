@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/cpu_checks.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/status.h"
 #include "kernels/tensor_check.h"
@@ -28,61 +29,9 @@ constexpr float kLinearEps = 1e-10f;
 constexpr float kPowerEps = 1e-6f;
 constexpr double kTwoPi = 6.283185307179586476925286766559;
 
-absl::Status CheckView(const char* op, const char* name, const TensorView& t,
-                       DType dtype, std::initializer_list<int64_t> dims) {
-  return CheckTensor(op, name, t, dtype, dims, Device::kCpu);
-}
-
-inline int32_t I32At(const TensorView& t, int64_t i) {
-  return t.i32()[i * t.strides[0]];
-}
-inline float* F32At(const TensorView& t, int64_t i, int64_t j) {
-  return t.f32() + i * t.strides[0] + j * t.strides[1];
-}
-inline float* F32At(const TensorView& t, int64_t i, int64_t j, int64_t l) {
-  return t.f32() + i * t.strides[0] + j * t.strides[1] + l * t.strides[2];
-}
-
-// cu_seqlens i32 [B + 1] with 0 = cu[0] ≤ … ≤ cu[B] = total; returns B.
-absl::StatusOr<int64_t> CheckSeqOffsets(const char* op, const TensorView& cu,
-                                        int64_t total) {
-  DS_RETURN_IF_ERROR(CheckView(op, "cu_seqlens", cu, DType::kI32, {kAny}));
-  if (cu.dim(0) < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": cu_seqlens ", cu.DebugString(), " needs at least one entry"));
-  }
-  const int64_t b = cu.dim(0) - 1;
-  if (I32At(cu, 0) != 0 || I32At(cu, b) != total) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": cu_seqlens ", cu.DebugString(), " must run from 0 to the token ",
-        "count ", total, " (it runs from ", I32At(cu, 0), " to ", I32At(cu, b),
-        ")"));
-  }
-  for (int64_t i = 0; i < b; ++i) {
-    if (I32At(cu, i + 1) < I32At(cu, i)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          op, ": cu_seqlens ", cu.DebugString(), " decreases at entry ", i + 1,
-          " (", I32At(cu, i), " -> ", I32At(cu, i + 1), ")"));
-    }
-  }
-  return b;
-}
-
-// slots i32 [B], every entry in [0, pool_size).
-absl::Status CheckSlotIndexes(const char* op, const TensorView& slots,
-                              int64_t b, int64_t pool_size,
-                              const char* pool_name) {
-  DS_RETURN_IF_ERROR(CheckView(op, "slots", slots, DType::kI32, {b}));
-  for (int64_t i = 0; i < b; ++i) {
-    const int32_t s = I32At(slots, i);
-    if (s < 0 || s >= pool_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(op, ": slots[", i, "] = ", s, " is outside [0, ",
-                       pool_size, ") of ", pool_name));
-    }
-  }
-  return absl::OkStatus();
-}
+using cpu_internal::CheckView;
+using cpu_internal::F32At;
+using cpu_internal::I32At;
 
 // Row-major C[m, n] = alpha · op(A) · op(B) + beta · C.
 inline void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
@@ -214,13 +163,14 @@ absl::StatusOr<MixerDims> CheckMixer(const char* op, const TensorView& q,
   } else {
     d.f = d.dk;
   }
-  DS_ASSIGN_OR_RETURN(d.batch, CheckSeqOffsets(op, cu_seqlens, d.tokens));
+  DS_ASSIGN_OR_RETURN(d.batch,
+                      cpu_internal::CheckCuSeqlens(op, cu_seqlens, d.tokens));
   DS_RETURN_IF_ERROR(
       CheckView(op, "state", state, DType::kF32, {kAny, d.hkv, d.f, d.dv}));
   DS_RETURN_IF_ERROR(CheckView(op, "normalizer", normalizer, DType::kF32,
                                {state.dim(0), d.hkv, d.f}));
   DS_RETURN_IF_ERROR(
-      CheckSlotIndexes(op, slots, d.batch, state.dim(0), "state"));
+      cpu_internal::CheckSlots(op, slots, d.batch, state.dim(0), "state"));
   DS_RETURN_IF_ERROR(
       CheckView(op, "out", out, DType::kF32, {d.tokens, d.h, d.dv}));
   return d;
@@ -589,12 +539,12 @@ absl::Status CpuKernels::CumulativeRope(
   }
   DS_RETURN_IF_ERROR(CheckView(kOp, "rate", rate, DType::kF32, {tokens, hkv}));
   DS_ASSIGN_OR_RETURN(const int64_t batch,
-                      CheckSeqOffsets(kOp, cu_seqlens, tokens));
+                      cpu_internal::CheckCuSeqlens(kOp, cu_seqlens, tokens));
   const int half = rot_dim / 2;
   DS_RETURN_IF_ERROR(
       CheckView(kOp, "angle", angle, DType::kF32, {kAny, hkv, half}));
   DS_RETURN_IF_ERROR(
-      CheckSlotIndexes(kOp, slots, batch, angle.dim(0), "angle"));
+      cpu_internal::CheckSlots(kOp, slots, batch, angle.dim(0), "angle"));
   const int64_t group = h / hkv;
   std::vector<double> inv_freq(half);
   for (int i = 0; i < half; ++i) {
