@@ -101,6 +101,72 @@ TEST_F(GpuRunnerTest, Qwen35TinyPrefillWithinBf16Tolerance) {
   }
 }
 
+// Every other checkpoint family's fixture on the GPU: prefill logits within
+// the bf16 bound of the fixtures' README for any chunking, and the
+// reference's greedy ids wherever the CPU's top-2 margin (the CPU matches
+// the references to 1e-4 / 3e-3) exceeds twice the GPU's measured error.
+class GpuFixtureTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(GpuFixtureTest, MatchesTheReferenceWithinBf16Tolerance) {
+  if (!testing::HasCudaDevice()) GTEST_SKIP() << "no GPU";
+  const std::string dir = std::string("tests/testdata/") + GetParam();
+  auto golden = SafetensorsFile::Open(dir + "/golden.safetensors");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  const std::vector<int32_t> prompt =
+      I64ToI32((*golden)->tensors().at("prompt_ids"));
+  const std::vector<int32_t> greedy =
+      I64ToI32((*golden)->tensors().at("greedy_ids"));
+  std::vector<float> ref((*golden)->tensors().at("prefill_logits").numel());
+  ASSERT_TRUE(
+      ToF32((*golden)->tensors().at("prefill_logits"), ref.data(), ref.size())
+          .ok());
+  auto model = LoadOrDie(dir);
+  const int v = model->spec().vocab_size;
+  for (size_t chunk : {size_t{200}, size_t{37}, size_t{1}}) {
+    Harness h(model, /*gpu=*/true);
+    Harness::Seq s = h.NewSeq();
+    const std::vector<float> logits = h.Feed(&s, prompt, chunk);
+    ASSERT_EQ(logits.size(), ref.size());
+    const double err = RelErr(logits.data(), ref.data(), ref.size());
+    std::printf("%s on the GPU, chunks of %zu: relative error %.3g\n",
+                GetParam(), chunk, err);
+    EXPECT_LT(err, 2e-2) << "chunk " << chunk;
+  }
+  std::vector<int32_t> forced = prompt;
+  forced.insert(forced.end(), greedy.begin(), greedy.end() - 1);
+  Harness cpu(model, false), gpu(model, true);
+  Harness::Seq cs = cpu.NewSeq(), gs = gpu.NewSeq();
+  const std::vector<float> want = cpu.Feed(&cs, forced, forced.size());
+  const std::vector<float> got = gpu.Feed(&gs, forced, 64);
+  int decided = 0;
+  for (size_t i = 0; i < greedy.size(); ++i) {
+    const size_t row = prompt.size() - 1 + i;
+    const float* w = want.data() + row * v;
+    const float* g = got.data() + row * v;
+    ASSERT_EQ(ArgmaxOf(w, v), greedy[i]) << "CPU disagrees at step " << i;
+    if (Margin(w, v) > 2 * MaxAbs(g, w, v)) {
+      EXPECT_EQ(ArgmaxOf(g, v), greedy[i]) << "step " << i;
+      ++decided;
+    }
+  }
+  std::printf("%s: %d of %zu greedy steps decided and equal\n", GetParam(),
+              decided, greedy.size());
+  EXPECT_GE(decided, static_cast<int>(greedy.size()) / 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, GpuFixtureTest,
+                         ::testing::Values("qwen3next-tiny", "deltanet-tiny",
+                                           "deltanet-hybrid-tiny",
+                                           "deltanet-swa-tiny",
+                                           "gated-deltanet-tiny"),
+                         [](const ::testing::TestParamInfo<const char*>& i) {
+                           std::string name = i.param;
+                           for (char& c : name) {
+                             if (c == '-') c = '_';
+                           }
+                           return name;
+                         });
+
 TEST_F(GpuRunnerTest, Qwen35TinyGreedyIdsMatchWhereTheMarginAllows) {
   auto model = LoadOrDie(kTinyDir);
   const int v = model->spec().vocab_size;

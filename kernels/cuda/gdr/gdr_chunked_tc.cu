@@ -374,10 +374,11 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Chunks in flight in the state kernel: the loads of chunk ci + kStages − 1
-// are issued while chunk ci is computed.
-constexpr int kStages = 4;
+// are issued while chunk ci is computed. Four when the blocks fit on the
+// SMs one each (latency rules: one long sequence); two otherwise, so that
+// two blocks share an SM.
 
-template <int kK>
+template <int kK, int kStages>
 struct StateLayout {
   // One of kStages buffers: W, K', a kVs-column tile of U and the 16-byte
   // group of cumulative log decays holding the chunk's last one.
@@ -395,10 +396,10 @@ struct StateLayout {
 
 // Kernel 2: the state recurrence of sequence blockIdx.x / Hv, value head
 // blockIdx.x % Hv, value columns [kVs blockIdx.y, kVs (blockIdx.y + 1)).
-template <int kK>
+template <int kK, int kStages>
 __global__ void __launch_bounds__(kThreads)
     TcStateKernel(const GdrArgs a, const TcWorkspace ws) {
-  using L = StateLayout<kK>;
+  using L = StateLayout<kK, kStages>;
   // The state's 16-row tiles, kMine per warp (warp w owns tiles w, w + 4,
   // ...; with K = 32 warps 2 and 3 own none).
   constexpr int kMTiles = kK / 16;
@@ -771,16 +772,31 @@ absl::Status Launch(const GdrArgs& a, cudaStream_t stream) {
 
   absl::Status status = [&]() -> absl::Status {
     DS_RETURN_IF_ERROR(SetSmem(&TcPrepKernel<kK>, PrepLayout<kK>::kBytes));
-    DS_RETURN_IF_ERROR(SetSmem(&TcStateKernel<kK>, StateLayout<kK>::kBytes));
+    const dim3 state_grid(static_cast<unsigned>(a.batch * hv),
+                          static_cast<unsigned>(v / kVs));
+    int device = 0;
+    int sms = 0;
+    DS_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), kOp));
+    DS_RETURN_IF_ERROR(CudaStatus(
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+        kOp));
+    const bool deep =
+        static_cast<int64_t>(state_grid.x) * state_grid.y <= int64_t{sms};
+    DS_RETURN_IF_ERROR(
+        deep ? SetSmem(&TcStateKernel<kK, 4>, StateLayout<kK, 4>::kBytes)
+             : SetSmem(&TcStateKernel<kK, 2>, StateLayout<kK, 2>::kBytes));
     LaunchChunkBase(a, ws.base, stream);
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks),
                           static_cast<unsigned>(hv));
     TcPrepKernel<kK>
         <<<chunk_grid, kThreads, PrepLayout<kK>::kBytes, stream>>>(a, ws);
-    const dim3 state_grid(static_cast<unsigned>(a.batch * hv),
-                          static_cast<unsigned>(v / kVs));
-    TcStateKernel<kK>
-        <<<state_grid, kThreads, StateLayout<kK>::kBytes, stream>>>(a, ws);
+    if (deep) {
+      TcStateKernel<kK, 4>
+          <<<state_grid, kThreads, StateLayout<kK, 4>::kBytes, stream>>>(a, ws);
+    } else {
+      TcStateKernel<kK, 2>
+          <<<state_grid, kThreads, StateLayout<kK, 2>::kBytes, stream>>>(a, ws);
+    }
     DS_RETURN_IF_ERROR(LaunchOutput<kK>(a, ws, chunk_grid, stream));
     return CudaStatus(cudaGetLastError(),
                       "GatedDeltaRuleChunked kernel launch");
