@@ -1,6 +1,7 @@
 #include "engine/runner/model_runner.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -437,6 +438,11 @@ absl::Status ModelRunner::Forward(absl::Span<const SequenceInput> batch,
         kernels_->Record(stream, [&]() { return Run(layout, false, true); });
     if (!work.ok()) {
       // Recording is an optimisation: without it steps run directly.
+      recording_status_ = work.status();
+      std::fprintf(stderr,
+                   "deltaserve: recording a decode step failed (%s); decode "
+                   "steps run without CUDA graphs from now on\n",
+                   work.status().ToString().c_str());
       options_.record_decode = false;
       recordings_map_.clear();
     } else if (generation == scratch_.generation()) {

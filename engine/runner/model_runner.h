@@ -110,6 +110,11 @@ class ModelRunner {
   // Decode steps replayed from a recording, and recordings made.
   int64_t replayed_steps() const { return replayed_steps_; }
   int64_t recordings() const { return recordings_; }
+  // Why decode steps stopped being recorded (OK while they still may be):
+  // when the kernels fail to record a step, steps run directly from then on;
+  // the error is kept here and reported once on stderr. (The CPU never
+  // records.)
+  const absl::Status& recording_status() const { return recording_status_; }
 
  private:
   // A recorded decode step for one padded batch size and page-table widths.
@@ -157,6 +162,7 @@ class ModelRunner {
   std::vector<uint32_t> host_sample_;
   std::map<RecordingKey, Recording> recordings_map_;
   int64_t replayed_steps_ = 0;
+  absl::Status recording_status_;
   int64_t recordings_ = 0;
 
   // Host staging of the packed index tensors and their layout.
