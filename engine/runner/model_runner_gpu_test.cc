@@ -6,12 +6,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "engine/model/model.h"
+#include "engine/model/random_checkpoint.h"
 #include "engine/model/safetensors.h"
 #include "engine/runner/model_runner.h"
 #include "engine/runner/runner_harness.h"
@@ -21,6 +23,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/testing/device_buffer.h"
 #include "kernels/sampling_rule.h"
+#include "nlohmann/json.hpp"
 
 namespace deltaserve {
 namespace {
@@ -166,6 +169,72 @@ INSTANTIATE_TEST_SUITE_P(Families, GpuFixtureTest,
                            }
                            return name;
                          });
+
+// Linear and power attention models (random checkpoints of our formats)
+// on the GPU against the CPU: prefill in one piece and in chunks, then
+// decode steps (recorded), within the bf16 bound.
+class GpuLinearModelTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(GpuLinearModelTest, MatchesTheCpu) {
+  if (!testing::HasCudaDevice()) GTEST_SKIP() << "no GPU";
+  const nlohmann::json config = nlohmann::json::parse(GetParam());
+  const std::string dir = ::testing::TempDir() + "/gpu_linear_" +
+                          config["model_type"].get<std::string>();
+  std::filesystem::remove_all(dir);
+  auto tensors = RandomFlaTensors(config, /*seed=*/5);
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  ASSERT_TRUE(WriteModelDir(dir, config, *tensors).ok());
+  std::shared_ptr<const Model> model = LoadOrDie(dir);
+  const int v = model->spec().vocab_size;
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int32_t> id(0, v - 1);
+  std::vector<int32_t> prompt(90);
+  for (int32_t& t : prompt) t = id(rng);
+  Harness cpu(model, false);
+  Harness::Seq cs = cpu.NewSeq();
+  const std::vector<float> want = cpu.Feed(&cs, prompt, prompt.size());
+  for (size_t chunk : {prompt.size(), size_t{37}}) {
+    Harness gpu(model, true);
+    Harness::Seq gs = gpu.NewSeq();
+    const std::vector<float> got = gpu.Feed(&gs, prompt, chunk);
+    ASSERT_EQ(got.size(), want.size());
+    const double err = RelErr(got.data(), want.data(), want.size());
+    std::printf("%s on the GPU, chunks of %zu: relative error %.3g\n",
+                config["model_type"].get<std::string>().c_str(), chunk, err);
+    EXPECT_LT(err, 2e-2);
+  }
+  // Teacher-forced decode steps: the same next tokens on both.
+  Harness gpu(model, true);
+  Harness::Seq gs = gpu.NewSeq();
+  gpu.Feed(&gs, prompt, prompt.size());
+  std::vector<int32_t> next = {id(rng)};
+  for (int step = 0; step < 12; ++step) {
+    const ForwardOutput g = gpu.Step({&gs}, next);
+    const ForwardOutput c = cpu.Step({&cs}, next);
+    ASSERT_EQ(g.logits.size(), c.logits.size());
+    EXPECT_LT(RelErr(g.logits.data(), c.logits.data(), v), 2e-2)
+        << "step " << step;
+    next = {c.argmax[0]};
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Formats, GpuLinearModelTest,
+    ::testing::Values(
+        R"({"model_type": "linear_attn", "vocab_size": 97, "hidden_size": 64,
+            "num_hidden_layers": 3, "num_heads": 4, "num_kv_heads": 2,
+            "expand_k": 0.5, "expand_v": 1.0, "feature_map": "elu",
+            "norm_feature_map": true, "elementwise_affine": false,
+            "attn": {"layers": [1], "num_heads": 4, "num_kv_heads": 2,
+                     "window_size": 24}})",
+        R"({"model_type": "power_attn", "vocab_size": 97, "hidden_size": 64,
+            "num_hidden_layers": 4, "num_heads": 4, "num_kv_heads": 2,
+            "head_dim": 8, "head_v_dim": 16, "degree": 2, "gate_bias": 2.0,
+            "rotary_dim": 8, "rope_theta": 500.0,
+            "layer_types": ["power_attention", "sliding_attention",
+                            "power_attention", "full_attention"],
+            "attn": {"num_heads": 4, "num_kv_heads": 2, "window_size": 16},
+            "intermediate_size": 96, "tie_word_embeddings": true})"));
 
 TEST_F(GpuRunnerTest, Qwen35TinyGreedyIdsMatchWhereTheMarginAllows) {
   auto model = LoadOrDie(kTinyDir);

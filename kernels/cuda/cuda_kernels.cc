@@ -11,6 +11,7 @@
 #include "kernels/cuda/gdr/gdr_ops.h"
 #include "kernels/cuda/gemm_attention/gemm.h"
 #include "kernels/cuda/gemm_attention/ops.h"
+#include "kernels/cuda/mixers/mixer_ops.h"
 #include "kernels/cuda/sampling/argmax.h"
 #include "kernels/cuda/sampling/sample_tokens.h"
 #include "kernels/memory.h"
@@ -347,63 +348,72 @@ absl::Status CudaKernels::GatedDeltaRuleRecurrent(
 
 // Linear and power attention: not yet implemented on the GPU (CpuKernels
 // has the reference implementations; kernels/cpu/cpu_mixers.cc).
+// The mixers' chunked entry points run the same recurrence as the
+// recurrent ones on the GPU (mixer_ops.h).
 absl::Status CudaKernels::LinearAttentionChunked(
-    const TensorView& /*q*/, const TensorView& /*k*/, const TensorView& /*v*/,
-    const TensorView& /*cu_seqlens*/, const TensorView& /*state*/,
-    const TensorView& /*normalizer*/, const TensorView& /*slots*/,
-    float /*scale*/, bool /*normalize*/, const TensorView& /*out*/,
-    Stream /*stream*/) {
-  return absl::UnimplementedError(
-      "LinearAttentionChunked is not implemented by the CUDA kernels yet");
+    const TensorView& q, const TensorView& k, const TensorView& v,
+    const TensorView& cu_seqlens, const TensorView& state,
+    const TensorView& normalizer, const TensorView& slots, float scale,
+    bool normalize, const TensorView& out, Stream stream) {
+  return CudaMixer("LinearAttentionChunked", q, k, v, TensorView(), cu_seqlens,
+                   state, normalizer, slots, /*degree=*/0, scale, normalize,
+                   out, stream);
 }
 
 absl::Status CudaKernels::LinearAttentionRecurrent(
-    const TensorView& /*q*/, const TensorView& /*k*/, const TensorView& /*v*/,
-    const TensorView& /*cu_seqlens*/, const TensorView& /*state*/,
-    const TensorView& /*normalizer*/, const TensorView& /*slots*/,
-    float /*scale*/, bool /*normalize*/, const TensorView& /*out*/,
-    Stream /*stream*/) {
-  return absl::UnimplementedError(
-      "LinearAttentionRecurrent is not implemented by the CUDA kernels yet");
+    const TensorView& q, const TensorView& k, const TensorView& v,
+    const TensorView& cu_seqlens, const TensorView& state,
+    const TensorView& normalizer, const TensorView& slots, float scale,
+    bool normalize, const TensorView& out, Stream stream) {
+  return CudaMixer("LinearAttentionRecurrent", q, k, v, TensorView(),
+                   cu_seqlens, state, normalizer, slots, /*degree=*/0, scale,
+                   normalize, out, stream);
 }
 
 absl::Status CudaKernels::PowerAttentionChunked(
-    const TensorView& /*q*/, const TensorView& /*k*/, const TensorView& /*v*/,
-    const TensorView& /*g*/, const TensorView& /*cu_seqlens*/,
-    const TensorView& /*state*/, const TensorView& /*normalizer*/,
-    const TensorView& /*slots*/, int /*degree*/, float /*scale*/,
-    bool /*normalize*/, const TensorView& /*out*/, Stream /*stream*/) {
-  return absl::UnimplementedError(
-      "PowerAttentionChunked is not implemented by the CUDA kernels yet");
+    const TensorView& q, const TensorView& k, const TensorView& v,
+    const TensorView& g, const TensorView& cu_seqlens, const TensorView& state,
+    const TensorView& normalizer, const TensorView& slots, int degree,
+    float scale, bool normalize, const TensorView& out, Stream stream) {
+  if (degree < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PowerAttentionChunked: degree ", degree,
+                     " is not an even number >= 2"));
+  }
+  return CudaMixer("PowerAttentionChunked", q, k, v, g, cu_seqlens, state,
+                   normalizer, slots, degree, scale, normalize, out, stream);
 }
 
 absl::Status CudaKernels::PowerAttentionRecurrent(
-    const TensorView& /*q*/, const TensorView& /*k*/, const TensorView& /*v*/,
-    const TensorView& /*g*/, const TensorView& /*cu_seqlens*/,
-    const TensorView& /*state*/, const TensorView& /*normalizer*/,
-    const TensorView& /*slots*/, int /*degree*/, float /*scale*/,
-    bool /*normalize*/, const TensorView& /*out*/, Stream /*stream*/) {
-  return absl::UnimplementedError(
-      "PowerAttentionRecurrent is not implemented by the CUDA kernels yet");
+    const TensorView& q, const TensorView& k, const TensorView& v,
+    const TensorView& g, const TensorView& cu_seqlens, const TensorView& state,
+    const TensorView& normalizer, const TensorView& slots, int degree,
+    float scale, bool normalize, const TensorView& out, Stream stream) {
+  if (degree < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PowerAttentionRecurrent: degree ", degree,
+                     " is not an even number >= 2"));
+  }
+  return CudaMixer("PowerAttentionRecurrent", q, k, v, g, cu_seqlens, state,
+                   normalizer, slots, degree, scale, normalize, out, stream);
 }
 
-absl::Status CudaKernels::PowerAttentionGates(const TensorView& /*gate_logits*/,
-                                              const TensorView& /*rate_logits*/,
-                                              float /*gate_bias*/,
-                                              const TensorView& /*g*/,
-                                              const TensorView& /*rate*/,
-                                              Stream /*stream*/) {
-  return absl::UnimplementedError(
-      "PowerAttentionGates is not implemented by the CUDA kernels yet");
+absl::Status CudaKernels::PowerAttentionGates(const TensorView& gate_logits,
+                                              const TensorView& rate_logits,
+                                              float gate_bias,
+                                              const TensorView& g,
+                                              const TensorView& rate,
+                                              Stream stream) {
+  return CudaPowerAttentionGates(gate_logits, rate_logits, gate_bias, g, rate,
+                                 stream);
 }
 
 absl::Status CudaKernels::CumulativeRope(
-    const TensorView& /*q*/, const TensorView& /*k*/,
-    const TensorView& /*rate*/, const TensorView& /*cu_seqlens*/,
-    const TensorView& /*angle*/, const TensorView& /*slots*/, int /*rot_dim*/,
-    float /*theta*/, Stream /*stream*/) {
-  return absl::UnimplementedError(
-      "CumulativeRope is not implemented by the CUDA kernels yet");
+    const TensorView& q, const TensorView& k, const TensorView& rate,
+    const TensorView& cu_seqlens, const TensorView& angle,
+    const TensorView& slots, int rot_dim, float theta, Stream stream) {
+  return CudaCumulativeRope(q, k, rate, cu_seqlens, angle, slots, rot_dim,
+                            theta, stream);
 }
 
 absl::Status CudaKernels::KvAppend(const TensorView& k, const TensorView& v,
