@@ -356,8 +356,8 @@ absl::Status CudaKernels::LinearAttentionChunked(
     const TensorView& normalizer, const TensorView& slots, float scale,
     bool normalize, const TensorView& out, Stream stream) {
   return CudaMixer("LinearAttentionChunked", q, k, v, TensorView(), cu_seqlens,
-                   state, normalizer, slots, /*degree=*/0, scale, normalize,
-                   out, stream);
+                   state, normalizer, slots, kLinearFeatureMap, scale,
+                   normalize, out, stream);
 }
 
 absl::Status CudaKernels::LinearAttentionRecurrent(
@@ -366,8 +366,8 @@ absl::Status CudaKernels::LinearAttentionRecurrent(
     const TensorView& normalizer, const TensorView& slots, float scale,
     bool normalize, const TensorView& out, Stream stream) {
   return CudaMixer("LinearAttentionRecurrent", q, k, v, TensorView(),
-                   cu_seqlens, state, normalizer, slots, /*degree=*/0, scale,
-                   normalize, out, stream);
+                   cu_seqlens, state, normalizer, slots, kLinearFeatureMap,
+                   scale, normalize, out, stream);
 }
 
 absl::Status CudaKernels::PowerAttentionChunked(
@@ -375,11 +375,6 @@ absl::Status CudaKernels::PowerAttentionChunked(
     const TensorView& g, const TensorView& cu_seqlens, const TensorView& state,
     const TensorView& normalizer, const TensorView& slots, int degree,
     float scale, bool normalize, const TensorView& out, Stream stream) {
-  if (degree < 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("PowerAttentionChunked: degree ", degree,
-                     " is not an even number >= 2"));
-  }
   return CudaMixer("PowerAttentionChunked", q, k, v, g, cu_seqlens, state,
                    normalizer, slots, degree, scale, normalize, out, stream);
 }
@@ -389,11 +384,6 @@ absl::Status CudaKernels::PowerAttentionRecurrent(
     const TensorView& g, const TensorView& cu_seqlens, const TensorView& state,
     const TensorView& normalizer, const TensorView& slots, int degree,
     float scale, bool normalize, const TensorView& out, Stream stream) {
-  if (degree < 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("PowerAttentionRecurrent: degree ", degree,
-                     " is not an even number >= 2"));
-  }
   return CudaMixer("PowerAttentionRecurrent", q, k, v, g, cu_seqlens, state,
                    normalizer, slots, degree, scale, normalize, out, stream);
 }

@@ -119,7 +119,8 @@ class CudaKernels final : public Kernels {
       const TensorView& g, const TensorView& beta, const TensorView& cu_seqlens,
       const TensorView& state, const TensorView& slots, float scale,
       bool l2norm_qk, const TensorView& out, Stream stream) override;
-  // The linear and power attention methods return UNIMPLEMENTED for now.
+  // Linear and power attention: both entry points run the token-by-token
+  // recurrence (kernels/cuda/mixers).
   absl::Status LinearAttentionChunked(
       const TensorView& q, const TensorView& k, const TensorView& v,
       const TensorView& cu_seqlens, const TensorView& state,

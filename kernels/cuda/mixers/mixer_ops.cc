@@ -71,11 +71,13 @@ absl::Status CudaMixer(const char* op, const TensorView& q, const TensorView& k,
         absl::StrCat(op, ": q ", q.DebugString(), " has head dimension ", dk,
                      ", the CUDA kernel takes at most ", kMixerMaxKeyDim));
   }
-  if (degree != 0 && (degree < 2 || degree > 16 || degree % 2 != 0)) {
+  const bool linear = degree == kLinearFeatureMap;
+  if (!linear && (degree < 2 || degree > 16 || degree % 2 != 0)) {
     return absl::InvalidArgumentError(absl::StrCat(
         op, ": degree ", degree, " is not an even number in [2, 16]"));
   }
-  const int64_t f = degree == 0 ? dk : PowerFeatureDim(dk, degree);
+  if (linear) degree = 0;  // the launcher's name for elu + 1
+  const int64_t f = linear ? dk : PowerFeatureDim(dk, degree);
   if (f < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         op, ": C(", dk, " + ", degree, " − 1, ", degree, ") is too large"));

@@ -15,8 +15,12 @@
 
 namespace deltaserve {
 
-// Linear attention (degree 0) or power attention (even degree ≥ 2): both
-// Kernels entry points of each, which compute the same function.
+// `degree` of a linear-attention call (φ = elu + 1).
+inline constexpr int kLinearFeatureMap = -1;
+
+// Linear attention (degree kLinearFeatureMap) or power attention (degree
+// even, in [2, 16]; anything else is INVALID_ARGUMENT): both Kernels entry
+// points of each, which compute the same function.
 absl::Status CudaMixer(const char* op, const TensorView& q, const TensorView& k,
                        const TensorView& v, const TensorView& g,
                        const TensorView& cu_seqlens, const TensorView& state,

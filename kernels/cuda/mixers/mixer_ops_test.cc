@@ -120,7 +120,8 @@ TEST_P(MixerOpsTest, BothFormsMatchCpuKernels) {
     const absl::Status st =
         CudaMixer(which.c_str(), dq.view(), dk.view(), dvv.view(), dgv,
                   dcu.view(), dstate.view(), dnorm.view(), dslots.view(),
-                  c.degree, scale, c.normalize, dout.view(), Stream());
+                  c.degree == 0 ? kLinearFeatureMap : c.degree, scale,
+                  c.normalize, dout.view(), Stream());
     ASSERT_TRUE(st.ok()) << st;
     ASSERT_TRUE(CudaStatus(cudaDeviceSynchronize(), "mixer").ok());
     const double out_err = RelativeError(dout.Download(), want_out.data);
@@ -214,6 +215,7 @@ TEST(MixerOpsArgsTest, BadShapesAreInvalidArgument) {
   EXPECT_EQ(code(view(DType::kF32, {5, 3, 8}), state, 2),
             absl::StatusCode::kInvalidArgument);                     // heads
   EXPECT_EQ(code(q, state, 3), absl::StatusCode::kInvalidArgument);  // odd
+  EXPECT_EQ(code(q, state, 0), absl::StatusCode::kInvalidArgument);  // zero
   EXPECT_EQ(code(q, view(DType::kF32, {3, 2, f2 + 1, 16}), 2),
             absl::StatusCode::kInvalidArgument);  // features
   EXPECT_EQ(code(view(DType::kF32, {5, 4, 300}), state, 2),
