@@ -223,8 +223,8 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
                                  /*zero_centered=*/false, normed_rows,
                                  ctx.stream));
   }
-  return k.Gemm(vw.Act(normed, {t, vd}), w.out_proj.view(), out, false,
-                ctx.stream);
+  return k.Gemm(vw.Act(normed, {t, vd}), w.out_proj.view(), out,
+                /*accumulate=*/true, ctx.stream);
 }
 
 absl::Status AttentionForward(const LayerContext& ctx,
@@ -289,7 +289,8 @@ absl::Status AttentionForward(const LayerContext& ctx,
     DS_RETURN_IF_ERROR(k.SigmoidGate(vw.Act(o, {t, qd}), vw.Act(gate, {t, qd}),
                                      vw.Act(o, {t, qd}), ctx.stream));
   }
-  return k.Gemm(vw.Act(o, {t, qd}), w.o_proj.view(), out, false, ctx.stream);
+  return k.Gemm(vw.Act(o, {t, qd}), w.o_proj.view(), out, /*accumulate=*/true,
+                ctx.stream);
 }
 
 absl::Status SwiGluMlpForward(const LayerContext& ctx, int intermediate_size,
@@ -319,7 +320,7 @@ absl::Status SwiGluMlpForward(const LayerContext& ctx, int intermediate_size,
     DS_RETURN_IF_ERROR(k.Gemm(x, w.up_proj.view(), uv, false, ctx.stream));
   }
   DS_RETURN_IF_ERROR(k.SwiGlu(gv, uv, gv, ctx.stream));
-  return k.Gemm(gv, w.down_proj.view(), out, false, ctx.stream);
+  return k.Gemm(gv, w.down_proj.view(), out, /*accumulate=*/true, ctx.stream);
 }
 
 }  // namespace deltaserve

@@ -75,7 +75,10 @@ struct LayerContext {
 // Every function below returns what the kernels return, and
 // RESOURCE_EXHAUSTED when scratch memory cannot grow.
 
-// out[T, D] = gated-delta-rule mixer(x[T, D]); reads and updates the
+// Each mixer and the MLP add their output into `out` (the residual stream,
+// f32), in the accumulating epilogue of their last matrix product.
+
+// out[T, D] += gated-delta-rule mixer(x[T, D]); reads and updates the
 // sequences' recurrent state and conv tails in `state` / `conv_state`.
 absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
                                    const GatedDeltaRuleSpec& spec,
@@ -84,7 +87,7 @@ absl::Status GatedDeltaRuleForward(const LayerContext& ctx,
                                    const TensorView& conv_state,
                                    const TensorView& x, const TensorView& out);
 
-// out[T, D] = softmax attention mixer(x[T, D]); appends the new keys and
+// out[T, D] += softmax attention mixer(x[T, D]); appends the new keys and
 // values to the paged KV pools.
 absl::Status AttentionForward(const LayerContext& ctx,
                               const AttentionSpec& spec,
@@ -93,7 +96,7 @@ absl::Status AttentionForward(const LayerContext& ctx,
                               const TensorView& v_pages, const TensorView& x,
                               const TensorView& out);
 
-// out[T, D] = down(silu(gate(x)) · up(x)).
+// out[T, D] += down(silu(gate(x)) · up(x)).
 absl::Status SwiGluMlpForward(const LayerContext& ctx, int intermediate_size,
                               const BlockWeights& w, const TensorView& x,
                               const TensorView& out);

@@ -102,7 +102,7 @@ absl::Status MixerForward(const LayerContext& ctx,
       /*zero_centered=*/false,
       TensorView::Contiguous(normed, ctx.act, {t * h, dv}, dev), ctx.stream));
   return k.Gemm(TensorView::Contiguous(normed, ctx.act, {t, h * dv}, dev),
-                w.o_proj.view(), out, false, ctx.stream);
+                w.o_proj.view(), out, /*accumulate=*/true, ctx.stream);
 }
 
 }  // namespace

@@ -17,7 +17,7 @@
 
 namespace deltaserve {
 
-// out[T, D] = linear attention mixer(x[T, D]): q, k, v projections, the
+// out[T, D] += linear attention mixer(x[T, D]): q, k, v projections, the
 // mixer (chunked for prefill, recurrent for decode steps), each head's
 // output RMSNorm, o_proj. Reads and updates the sequences' state
 // [S, Hkv, K, V] and normaliser [S, Hkv, K] in place. Returns what the
@@ -29,7 +29,7 @@ absl::Status LinearAttentionForward(const LayerContext& ctx,
                                     const TensorView& normalizer,
                                     const TensorView& x, const TensorView& out);
 
-// out[T, D] = power attention mixer(x[T, D]): as LinearAttentionForward,
+// out[T, D] += power attention mixer(x[T, D]): as LinearAttentionForward,
 // with the log gates logsigmoid(g_proj(x) + gate_bias) when spec.gating and
 // the data-dependent rotary embedding of q and k (angle rates
 // softplus(r_proj(x))) when spec.rotary, whose angles [S, Hkv,

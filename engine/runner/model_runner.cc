@@ -16,7 +16,6 @@ namespace {
 enum RunnerScratch {
   kX = 20,
   kXn,
-  kMix,
   kLogits,
   kArgmax,
 };
@@ -205,7 +204,6 @@ absl::Status ModelRunner::Run(const BatchLayout& layout, bool all_logits,
   ctx.memory = memory;
   DS_ASSIGN_OR_RETURN(void* x_p, scratch_.Get(kX, t * d * rs));
   DS_ASSIGN_OR_RETURN(void* xn_p, scratch_.Get(kXn, t * d * es));
-  DS_ASSIGN_OR_RETURN(void* mix_p, scratch_.Get(kMix, t * d * rs));
   auto act = [&](void* p, int64_t rows) {
     return TensorView::Contiguous(p, act_, {rows, d}, dev);
   };
@@ -214,7 +212,6 @@ absl::Status ModelRunner::Run(const BatchLayout& layout, bool all_logits,
   };
   const TensorView x = residual(x_p, t);
   const TensorView xn = act(xn_p, t);
-  const TensorView mix = residual(mix_p, t);
   Kernels& k = *kernels_;
   DS_RETURN_IF_ERROR(k.Embedding(layout.ids, w.embed.view(), x, stream));
   for (int l = 0; l < spec.num_layers(); ++l) {
@@ -224,37 +221,34 @@ absl::Status ModelRunner::Run(const BatchLayout& layout, bool all_logits,
                                  spec.norm_zero_centered, xn, stream));
     switch (bs.mixer) {
       case MixerKind::kGatedDeltaRule:
-        DS_RETURN_IF_ERROR(
-            GatedDeltaRuleForward(ctx, bs.gdr, bw.gdr, pool_->gdr_state(l),
-                                  pool_->conv_state(l), xn, mix));
+        DS_RETURN_IF_ERROR(GatedDeltaRuleForward(ctx, bs.gdr, bw.gdr,
+                                                 pool_->gdr_state(l),
+                                                 pool_->conv_state(l), xn, x));
         break;
       case MixerKind::kGlobalAttention:
       case MixerKind::kSlidingWindowAttention:
         DS_RETURN_IF_ERROR(AttentionForward(ctx, bs.attention, bw.attention,
                                             pool_->k_pages(l),
-                                            pool_->v_pages(l), xn, mix));
+                                            pool_->v_pages(l), xn, x));
         break;
       case MixerKind::kLinearAttention:
         DS_RETURN_IF_ERROR(LinearAttentionForward(
             ctx, bs.linear, bw.linear, pool_->gdr_state(l),
-            pool_->normalizer_state(l), xn, mix));
+            pool_->normalizer_state(l), xn, x));
         break;
       case MixerKind::kPowerAttention:
         DS_RETURN_IF_ERROR(PowerAttentionForward(
             ctx, bs.linear, bw.linear, pool_->gdr_state(l),
-            pool_->normalizer_state(l), pool_->angle_state(l), xn, mix));
+            pool_->normalizer_state(l), pool_->angle_state(l), xn, x));
         break;
       default:
         return absl::UnimplementedError(
             absl::StrCat("layer ", l, ": token mixer ", MixerKindName(bs.mixer),
                          " is not supported by this runner"));
     }
-    DS_RETURN_IF_ERROR(k.Add(x, mix, x, stream));
     DS_RETURN_IF_ERROR(k.RmsNorm(x, bw.post_norm.view(), spec.rms_norm_eps,
                                  spec.norm_zero_centered, xn, stream));
-    DS_RETURN_IF_ERROR(
-        SwiGluMlpForward(ctx, bs.intermediate_size, bw, xn, mix));
-    DS_RETURN_IF_ERROR(k.Add(x, mix, x, stream));
+    DS_RETURN_IF_ERROR(SwiGluMlpForward(ctx, bs.intermediate_size, bw, xn, x));
   }
   // Rows whose logits are wanted: each sequence's last token, moved to the
   // front (a no-op for decode steps).
