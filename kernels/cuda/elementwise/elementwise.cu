@@ -193,9 +193,76 @@ __global__ void RmsNormKernel(const RmsNormArgs a) {
   }
 }
 
+// Short rows (at most 32 kPer vectors): a warp per row, 8 rows per block,
+// the row held in registers between the sum and the scaling.
+constexpr int kRowsPerWarpBlock = 8;
+template <typename T, typename TW, typename TO, int N, int kPer, bool kGated>
+__global__ void RmsNormWarpKernel(const RmsNormArgs a) {
+  const int64_t row =
+      static_cast<int64_t>(blockIdx.x) * kRowsPerWarpBlock + threadIdx.x / 32;
+  if (row >= a.rows) return;
+  const int lane = threadIdx.x % 32;
+  const int vecs = static_cast<int>(a.dim / N);
+  const T* x = static_cast<const T*>(a.x) + row * a.x_stride;
+  float v[kPer][N];
+  float ss = 0.0f;
+#pragma unroll
+  for (int p = 0; p < kPer; ++p) {
+    const int i = lane + 32 * p;
+    if (i < vecs) {
+      LoadN<N>(x + i * N, v[p]);
+#pragma unroll
+      for (int j = 0; j < N; ++j) ss += v[p][j] * v[p][j];
+    }
+  }
+  ss = WarpSum(ss);
+  const float inv = rsqrtf(ss / static_cast<float>(a.dim) + a.eps);
+  const TW* w = static_cast<const TW*>(a.weight);
+  const T* z = kGated ? static_cast<const T*>(a.z) + row * a.z_stride : nullptr;
+  TO* out = static_cast<TO*>(a.out) + row * a.out_stride;
+  const float w_offset = a.zero_centered ? 1.0f : 0.0f;
+#pragma unroll
+  for (int p = 0; p < kPer; ++p) {
+    const int i = lane + 32 * p;
+    if (i >= vecs) break;
+    float wv[N];
+    LoadN<N>(w + i * N, wv);
+    float o[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) o[j] = v[p][j] * inv * (wv[j] + w_offset);
+    if constexpr (kGated) {
+      float zv[N];
+      LoadN<N>(z + i * N, zv);
+#pragma unroll
+      for (int j = 0; j < N; ++j) o[j] *= Silu(zv[j]);
+    }
+    StoreN<N>(out + i * N, o);
+  }
+}
+
 template <typename T, typename TW, typename TO, int N>
 void LaunchRmsNormTyped(const RmsNormArgs& a, cudaStream_t stream) {
-  const int threads = RowThreads(a.dim / N);
+  const int64_t vecs = a.dim / N;
+  if (vecs <= 64) {
+    const unsigned blocks = static_cast<unsigned>(
+        (a.rows + kRowsPerWarpBlock - 1) / kRowsPerWarpBlock);
+    constexpr int kThreads = 32 * kRowsPerWarpBlock;
+    if (a.z != nullptr && vecs <= 32) {
+      RmsNormWarpKernel<T, TW, TO, N, 1, true>
+          <<<blocks, kThreads, 0, stream>>>(a);
+    } else if (a.z != nullptr) {
+      RmsNormWarpKernel<T, TW, TO, N, 2, true>
+          <<<blocks, kThreads, 0, stream>>>(a);
+    } else if (vecs <= 32) {
+      RmsNormWarpKernel<T, TW, TO, N, 1, false>
+          <<<blocks, kThreads, 0, stream>>>(a);
+    } else {
+      RmsNormWarpKernel<T, TW, TO, N, 2, false>
+          <<<blocks, kThreads, 0, stream>>>(a);
+    }
+    return;
+  }
+  const int threads = RowThreads(vecs);
   const unsigned grid = static_cast<unsigned>(a.rows);
   if (a.z != nullptr) {
     RmsNormKernel<T, TW, TO, N, true><<<grid, threads, 0, stream>>>(a);
@@ -478,23 +545,49 @@ __device__ __forceinline__ float ConvInput(const CausalConv1dArgs& a,
 }
 
 // The split form's outputs: thread (channel tile blockIdx.x, segment
-// blockIdx.y) computes tokens [kConvSegment · y, + kConvSegment) of its
-// channel, crossing sequence boundaries as they come. Reads the histories
-// in the conv state but does not update them (ConvStateKernel does, after).
-template <typename T, typename TO, typename TW, int kMaxW>
+// blockIdx.y) computes tokens [kConvSegment · y, + kConvSegment) of its N
+// consecutive channels (read and written N at a time), crossing sequence
+// boundaries as they come. Reads the histories in the conv state but does
+// not update them (ConvStateKernel does, after).
+template <typename T, typename TO, typename TW, int kMaxW, int N>
 __global__ void SegmentedConv1dKernel(const CausalConv1dArgs a) {
   constexpr int kHist = kMaxW - 1;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= a.channels) return;
+  constexpr int kUnroll = 4;  // tokens whose inputs are read together
+  const int64_t c0 =
+      N * (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x);
+  if (c0 >= a.channels) return;
   const int64_t t_lo = static_cast<int64_t>(blockIdx.y) * kConvSegment;
   const int64_t t_hi = min(t_lo + kConvSegment, a.tokens);
-  const T* x = static_cast<const T*>(a.x) + c;
-  TO* out = static_cast<TO*>(a.out) + c;
+  const T* x = static_cast<const T*>(a.x) + c0;
+  TO* out = static_cast<TO*>(a.out) + c0;
   const int off = kMaxW - a.width;
-  const TW* wrow = static_cast<const TW*>(a.weight) + c * a.weight_stride;
-  float w[kMaxW];
+  float w[N][kMaxW];
 #pragma unroll
-  for (int j = 0; j < kMaxW; ++j) w[j] = j >= off ? ToF32(wrow[j - off]) : 0.0f;
+  for (int n = 0; n < N; ++n) {
+    const TW* wrow =
+        static_cast<const TW*>(a.weight) + (c0 + n) * a.weight_stride;
+#pragma unroll
+    for (int j = 0; j < kMaxW; ++j) {
+      w[n][j] = j >= off ? ToF32(wrow[j - off]) : 0.0f;
+    }
+  }
+  // The kHist inputs before the next token, oldest first, per channel.
+  float win[N][kHist > 0 ? kHist : 1];
+  // Output of one token from its input xt, shifting the windows.
+  auto step = [&](int64_t t, const float(&xt)[N]) {
+    float o[N];
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+      float acc = w[n][kHist] * xt[n];
+#pragma unroll
+      for (int j = 0; j < kHist; ++j) acc += w[n][j] * win[n][j];
+#pragma unroll
+      for (int j = 0; j + 1 < kHist; ++j) win[n][j] = win[n][j + 1];
+      if (kHist > 0) win[n][kHist - 1] = xt[n];
+      o[n] = a.silu ? Silu(acc) : acc;
+    }
+    StoreN<N>(out + t * a.out_stride, o);
+  };
 
   int64_t t = t_lo;
   while (t < t_hi) {
@@ -508,25 +601,32 @@ __global__ void SegmentedConv1dKernel(const CausalConv1dArgs a) {
     const int64_t stop = min(end, t_hi);
     const int32_t slot = a.slots[b];
     if (slot < 0 || slot >= a.num_slots) {
-      for (; t < stop; ++t) out[t * a.out_stride] = FromF32<TO>(0.0f);
+      const float zero[N] = {};
+      for (; t < stop; ++t) StoreN<N>(out + t * a.out_stride, zero);
       continue;
     }
-    const float* state =
-        a.conv_state + slot * a.state_stride[0] + c * a.state_stride[1];
-    float win[kHist];  // the kHist inputs before t, oldest first
 #pragma unroll
-    for (int j = 0; j < kHist; ++j) {
-      win[j] = j >= off ? ConvInput(a, x, state, start, t, kHist - j) : 0.0f;
+    for (int n = 0; n < N; ++n) {
+      const float* state = a.conv_state + slot * a.state_stride[0] +
+                           (c0 + n) * a.state_stride[1];
+#pragma unroll
+      for (int j = 0; j < kHist; ++j) {
+        win[n][j] =
+            j >= off ? ConvInput(a, x + n, state, start, t, kHist - j) : 0.0f;
+      }
+    }
+    for (; t + kUnroll <= stop; t += kUnroll) {
+      float xt[kUnroll][N];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        LoadN<N>(x + (t + u) * a.x_stride, xt[u]);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) step(t + u, xt[u]);
     }
     for (; t < stop; ++t) {
-      const float xt = ToF32(x[t * a.x_stride]);
-      float acc = w[kHist] * xt;
-#pragma unroll
-      for (int j = 0; j < kHist; ++j) acc += w[j] * win[j];
-#pragma unroll
-      for (int j = 0; j + 1 < kHist; ++j) win[j] = win[j + 1];
-      if (kHist > 0) win[kHist - 1] = xt;
-      out[t * a.out_stride] = FromF32<TO>(a.silu ? Silu(acc) : acc);
+      float xt[N];
+      LoadN<N>(x + t * a.x_stride, xt);
+      step(t, xt);
     }
   }
 }
@@ -561,12 +661,22 @@ void LaunchCausalConv1dTyped(const CausalConv1dArgs& a, cudaStream_t stream) {
   const int64_t segments = (a.tokens + kConvSegment - 1) / kConvSegment;
   if (a.cu_seqlens != nullptr && a.x != a.out && segments <= 65535 &&
       a.batch <= 65535 && tiles <= INT32_MAX) {
-    const dim3 grid(static_cast<unsigned>(tiles),
+    // N channels per thread when every row start allows 16-byte reads (for
+    // widths up to 4; wider filters keep one channel per thread).
+    constexpr int kN = 16 / sizeof(T);
+    const bool vec = a.width <= 4 && a.channels % kN == 0 &&
+                     Aligned(a.x, a.x_stride, sizeof(T), 16) &&
+                     Aligned(a.out, a.out_stride, sizeof(TO), kN * sizeof(TO));
+    const int per_thread = vec ? kN : 1;
+    const int64_t vtiles = (a.channels / per_thread + kThreads - 1) / kThreads;
+    const dim3 grid(static_cast<unsigned>(vtiles),
                     static_cast<unsigned>(segments));
-    if (a.width <= 4) {
-      SegmentedConv1dKernel<T, TO, TW, 4><<<grid, kThreads, 0, stream>>>(a);
+    if (vec) {
+      SegmentedConv1dKernel<T, TO, TW, 4, kN><<<grid, kThreads, 0, stream>>>(a);
+    } else if (a.width <= 4) {
+      SegmentedConv1dKernel<T, TO, TW, 4, 1><<<grid, kThreads, 0, stream>>>(a);
     } else {
-      SegmentedConv1dKernel<T, TO, TW, kCausalConvMaxWidth>
+      SegmentedConv1dKernel<T, TO, TW, kCausalConvMaxWidth, 1>
           <<<grid, kThreads, 0, stream>>>(a);
     }
     const dim3 state_grid(static_cast<unsigned>(tiles),

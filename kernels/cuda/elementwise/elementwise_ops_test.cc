@@ -672,6 +672,7 @@ TEST_P(ElementwiseOpsTest, CausalConv1d) {
   }
   for (int64_t w : {1, 2, 3, 5, 16}) cases.push_back({65, 4, 63, w});
   cases.push_back({4096, 4, 8192, 4});  // Qwen3-Next-like qkv conv prefill
+  cases.push_back({700, 5, 264, 3});    // several channels per thread
   int i = 0;
   for (const ConvCase& c : cases) {
     for (Layout layout : Layouts(c.tokens * c.channels)) {
@@ -689,9 +690,15 @@ TEST_P(ElementwiseOpsTest, CausalConv1d) {
 TEST_P(ElementwiseOpsTest, CausalConv1dNarrowsToBf16) {
   const DTypes dt = GetParam();
   if (dt.act != DType::kF32) GTEST_SKIP() << "narrows f32 only";
-  const ConvCase cases[] = {{1, 1, 7, 4},     {65, 6, 63, 4},
-                            {1000, 3, 65, 4}, {3000, 5, 130, 3},
-                            {257, 40, 33, 4}, {4096, 1, 1000, 16}};
+  const ConvCase cases[] = {{1, 1, 7, 4},
+                            {65, 6, 63, 4},
+                            {1000, 3, 65, 4},
+                            {3000, 5, 130, 3},
+                            {257, 40, 33, 4},
+                            {4096, 1, 1000, 16},
+                            // 4 and 8 channels per thread, 16-byte reads
+                            {2000, 3, 1024, 4},
+                            {300, 7, 96, 2}};
   for (const ConvCase& c : cases) {
     for (Layout layout : Layouts(c.tokens * c.channels)) {
       if (layout == Layout::kInPlace) continue;
