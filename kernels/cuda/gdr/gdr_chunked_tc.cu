@@ -17,7 +17,7 @@
 //  1. Prep, one block per (chunk, value head), all chunks in parallel: the
 //     normalised keys, A (tensor cores), T by forward substitution (one
 //     column per thread), then W, U (tensor cores) and K' out.
-//  2. State, one block per (sequence, value head, kVs value columns),
+//  2. State, one block per (sequence, value head, 16 to 64 value columns),
 //     walking the sequence's chunks in order: the state lives in mma
 //     accumulators; per chunk it is stored (bf16) as the chunk-start state,
 //     Δ = U − W S replaces U, and S ← γ S + K'ᵀ Δ. The next chunk's W, K'
@@ -30,6 +30,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "absl/status/status.h"
@@ -57,9 +58,8 @@ using mma::SmemAddress;
 constexpr char kOp[] = "GatedDeltaRuleChunked";
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-// Value columns of one state block and of one pass of the prep and output
-// kernels.
-constexpr int kVs = 16;
+// Value columns of one pass of the prep and output kernels (a state block
+// takes kVs columns, a template argument).
 constexpr int kVo = 32;
 static_assert(kGdrChunkedValueTile % kVo == 0, "value tiles split evenly");
 static_assert(kC == 16 * kWarps, "one 16-row tile of a chunk per warp");
@@ -225,14 +225,66 @@ __device__ __forceinline__ void LoadRowsBf16(const GdrArgs& a, const bf16* p,
   }
 }
 
+// Whether rows of p (row stride in elements) can be copied 16 bytes at a
+// time.
+__device__ __forceinline__ bool Rows16(const bf16* p, int64_t stride) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && stride % 8 == 0;
+}
+
+// Issues the copies of rows [0, kC) of a chunk of p (zeros past n) into x
+// [kC][ld], 16 bytes at a time; the caller commits them. Needs Rows16.
+template <int kCols>
+__device__ __forceinline__ void CopyRowsAsync(const bf16* p, int64_t stride,
+                                              int64_t c0, int n, bf16* x,
+                                              int ld) {
+  constexpr int kPerRow = kCols / 8;
+  for (int idx = threadIdx.x; idx < kC * kPerRow; idx += kThreads) {
+    const int r = idx / kPerRow;
+    const int d = 8 * (idx % kPerRow);
+    CpAsync16(SmemAddress(x + r * ld + d),
+              p + (c0 + (r < n ? r : 0)) * stride + d, r < n);
+  }
+}
+
+// Scales the rows of x [kC][ld] in place as LoadRowsBf16 does: by `mul`
+// and, when l2norm, by 1 / ‖row‖ computed in fp32 (zero rows stay zero).
+template <int kK>
+__device__ __forceinline__ void ScaleRows(bool l2norm, float mul, bf16* x,
+                                          int ld) {
+  if (!l2norm && mul == 1.0f) return;
+  constexpr int kE = kK / 32;
+  using Vec = typename std::conditional<
+      kE == 4, uint2,
+      typename std::conditional<kE == 2, uint32_t, uint16_t>::type>::type;
+  const int lane = Lane();
+  for (int i = threadIdx.x / 32; i < kC; i += kWarps) {
+    bf16 xv[kE];
+    *reinterpret_cast<Vec*>(xv) =
+        *reinterpret_cast<const Vec*>(x + i * ld + lane * kE);
+    float f[kE];
+    float ss = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      f[e] = __bfloat162float(xv[e]);
+      ss += f[e] * f[e];
+    }
+    float m = mul;
+    if (l2norm) m *= rsqrtf(WarpSum(ss) + 1e-6f);
+#pragma unroll
+    for (int e = 0; e < kE; ++e) xv[e] = __float2bfloat16_rn(f[e] * m);
+    *reinterpret_cast<Vec*>(x + i * ld + lane * kE) =
+        *reinterpret_cast<const Vec*>(xv);
+  }
+}
+
 template <int kK>
 struct PrepLayout {
   // bf16 tiles.
   static constexpr int kKey = 0;                  // [kC][Ld(kK)] keys
   static constexpr int kTw = kKey + kC * Ld(kK);  // [kC][Ld(kC)] T diag(βγ)
   static constexpr int kTu = kTw + kC * Ld(kC);   // [kC][Ld(kC)] T diag(β)
-  static constexpr int kVal = kTu + kC * Ld(kC);  // [kC][Ld(kVo)] values
-  static constexpr int kHalfs = kVal + kC * Ld(kVo);
+  static constexpr int kVal = kTu + kC * Ld(kC);  // 2 × [kC][Ld(kVo)] values
+  static constexpr int kHalfs = kVal + 2 * kC * Ld(kVo);
   // f32, after the tiles.
   static constexpr int kLdA = kC + 1;
   static constexpr int kA = 0;  // [kC][kLdA]
@@ -275,8 +327,38 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t ch = c * a.num_v_heads + h;
 
   const bf16* k = static_cast<const bf16*>(a.k) + kh * a.k_stride[1];
-  LoadRowsBf16<kK>(a, k, a.k_stride[0], c0, n, 1.0f, kb, Ld(kK));
+  const bf16* v = static_cast<const bf16*>(a.v) + h * a.v_stride[1];
+  // The keys and the first value tile are copied in one go (16 bytes at a
+  // time when the rows allow it) while the gates are read.
+  const bool k_vec = Rows16(k, a.k_stride[0]);
+  const bool v_vec = Rows16(v, a.v_stride[0]);
+  if (k_vec) CopyRowsAsync<kK>(k, a.k_stride[0], c0, n, kb, Ld(kK));
+  CpAsyncCommit();
+  // Copies value columns [j0, j0 + kVo) into buffer `buf`, as one commit
+  // group (synchronously, with an empty group, when rows are unaligned).
+  auto load_values = [&](int j0, int buf) {
+    bf16* dst = vb + buf * kC * Ld(kVo);
+    if (v_vec) {
+      CopyRowsAsync<kVo>(v + j0, a.v_stride[0], c0, n, dst, Ld(kVo));
+    } else {
+      for (int idx = tid; idx < kC * kVo; idx += kThreads) {
+        const int r = idx / kVo;
+        const int cc = idx % kVo;
+        dst[r * Ld(kVo) + cc] = r < n ? v[(c0 + r) * a.v_stride[0] + j0 + cc]
+                                      : __float2bfloat16_rn(0.0f);
+      }
+    }
+    CpAsyncCommit();
+  };
+  load_values(0, 0);
   if (warp == 0) LoadGates(a, h, c0, n, gcum, bet);
+  if (k_vec) {
+    CpAsyncWait<1>();
+    __syncthreads();
+    ScaleRows<kK>(a.l2norm_qk, 1.0f, kb, Ld(kK));
+  } else {
+    LoadRowsBf16<kK>(a, k, a.k_stride[0], c0, n, 1.0f, kb, Ld(kK));
+  }
   __syncthreads();
   if (tid < kC) ws.rows[ch * kC + tid] = gcum[tid];
 
@@ -340,45 +422,28 @@ __global__ void __launch_bounds__(kThreads)
                 __bfloat162float(kb[r * Ld(kK) + d + 1]) * f);
     }
   }
-  // U = T diag(β) V, kVo columns at a time.
-  const bf16* v = static_cast<const bf16*>(a.v) + h * a.v_stride[1];
+  // U = T diag(β) V, kVo columns at a time, the next tile in flight.
   bf16* u_out = ws.u + ch * kC * V;
-  // Rows of v copied 16 bytes at a time when they are aligned for it.
-  const bool v_vec =
-      reinterpret_cast<uintptr_t>(v) % 16 == 0 && a.v_stride[0] % 8 == 0;
-  for (int j0 = 0; j0 < V; j0 += kVo) {
-    if (v_vec) {
-      for (int idx = tid; idx < kC * kVo / 8; idx += kThreads) {
-        const int r = idx / (kVo / 8);
-        const int cc = 8 * (idx % (kVo / 8));
-        CpAsync16(SmemAddress(vb + r * Ld(kVo) + cc),
-                  v + (c0 + (r < n ? r : 0)) * a.v_stride[0] + j0 + cc, r < n);
-      }
-      CpAsyncCommit();
-      CpAsyncWait<0>();
+  for (int j0 = 0, buf = 0; j0 < V; j0 += kVo, buf ^= 1) {
+    if (j0 + kVo < V) {
+      load_values(j0 + kVo, buf ^ 1);
     } else {
-      for (int idx = tid; idx < kC * kVo; idx += kThreads) {
-        const int r = idx / kVo;
-        const int cc = idx % kVo;
-        vb[r * Ld(kVo) + cc] = r < n ? v[(c0 + r) * a.v_stride[0] + j0 + cc]
-                                     : __float2bfloat16_rn(0.0f);
-      }
+      CpAsyncCommit();
     }
+    CpAsyncWait<1>();
     __syncthreads();
     float acc[kVo / 8][4];
     Zero(acc);
-    MmaTile<kC, kVo / 8, false>(tu, Ld(kC), r0, vb, Ld(kVo), acc);
+    MmaTile<kC, kVo / 8, false>(tu, Ld(kC), r0, vb + buf * kC * Ld(kVo),
+                                Ld(kVo), acc);
     StoreTile(acc, r0, u_out + j0, V);
     __syncthreads();
   }
 }
 
 // Chunks in flight in the state kernel: the loads of chunk ci + kStages − 1
-// are issued while chunk ci is computed. Four when the blocks fit on the
-// SMs one each (latency rules: one long sequence); two otherwise, so that
-// two blocks share an SM.
-
-template <int kK, int kStages>
+// are issued while chunk ci is computed (LaunchState picks kStages).
+template <int kK, int kVs, int kStages>
 struct StateLayout {
   // One of kStages buffers: W, K', a kVs-column tile of U and the 16-byte
   // group of cumulative log decays holding the chunk's last one.
@@ -396,10 +461,10 @@ struct StateLayout {
 
 // Kernel 2: the state recurrence of sequence blockIdx.x / Hv, value head
 // blockIdx.x % Hv, value columns [kVs blockIdx.y, kVs (blockIdx.y + 1)).
-template <int kK, int kStages>
+template <int kK, int kVs, int kStages>
 __global__ void __launch_bounds__(kThreads)
     TcStateKernel(const GdrArgs a, const TcWorkspace ws) {
-  using L = StateLayout<kK, kStages>;
+  using L = StateLayout<kK, kVs, kStages>;
   // The state's 16-row tiles, kMine per warp (warp w owns tiles w, w + 4,
   // ...; with K = 32 warps 2 and 3 own none).
   constexpr int kMTiles = kK / 16;
@@ -464,10 +529,11 @@ __global__ void __launch_bounds__(kThreads)
         CpAsync16(SmemAddress(buf + L::kW + r * Ld(kK) + d), w_in + 8 * idx);
         CpAsync16(SmemAddress(buf + L::kKd + r * Ld(kK) + d), kd_in + 8 * idx);
       }
-      static_assert(kC * kVs / 8 == kThreads, "one U copy per thread");
-      {
-        const int r = tid / (kVs / 8);
-        const int cc = 8 * (tid % (kVs / 8));
+      static_assert(kC * kVs / 8 % kThreads == 0, "U copies split evenly");
+#pragma unroll
+      for (int idx = tid; idx < kC * kVs / 8; idx += kThreads) {
+        const int r = idx / (kVs / 8);
+        const int cc = 8 * (idx % (kVs / 8));
         CpAsync16(SmemAddress(buf + L::kU + r * Ld(kVs) + cc),
                   ws.u + ch * kC * V + r * V + j0 + cc);
       }
@@ -540,10 +606,13 @@ __global__ void __launch_bounds__(kThreads)
         for (int kk = 0; kk < kC / 16; ++kk) {
           uint32_t af[4];
           LoadATrans(buf + L::kKd, Ld(kK), 16 * mt, 16 * kk, af);
-          uint32_t bf[4];
-          LoadBCols(db, Ld(kVs), 16 * kk, 0, bf);
-          MmaBf16(s[r][0], af, bf[0], bf[1]);
-          MmaBf16(s[r][1], af, bf[2], bf[3]);
+#pragma unroll
+          for (int np = 0; np < kVs / 16; ++np) {
+            uint32_t bf[4];
+            LoadBCols(db, Ld(kVs), 16 * kk, 16 * np, bf);
+            MmaBf16(s[r][2 * np], af, bf[0], bf[1]);
+            MmaBf16(s[r][2 * np + 1], af, bf[2], bf[3]);
+          }
         }
       }
     }
@@ -572,9 +641,11 @@ template <int kK, int kVt>
 struct OutLayout {
   static constexpr int kQ = 0;                   // [kC][Ld(kK)]
   static constexpr int kKey = kQ + kC * Ld(kK);  // [kC][Ld(kK)]
+  // Two buffers, each a chunk-start state tile and its Δ tile.
   static constexpr int kH = kKey + kC * Ld(kK);  // [kK][Ld(kVt)]
   static constexpr int kD = kH + kK * Ld(kVt);   // [kC][Ld(kVt)]
-  static constexpr int kHalfs = kD + kC * Ld(kVt);
+  static constexpr int kBuf = kK * Ld(kVt) + kC * Ld(kVt);
+  static constexpr int kHalfs = kH + 2 * kBuf;
   static constexpr size_t kBytes = 2 * kHalfs + 4 * kC;  // + gcum
   static_assert(kHalfs % 8 == 0, "f32 part stays 16-byte aligned");
 };
@@ -586,7 +657,8 @@ __device__ __forceinline__ void StoreOut(bf16* p, float x) {
 
 // Kernel 3: the output of chunk blockIdx.x, value head blockIdx.y, into O
 // (f32 or bf16), kVt value columns at a time. The first tile's chunk-start
-// state and Δ are in flight while Q Kᵀ is formed.
+// state and Δ are in flight while Q Kᵀ is formed, and each next tile while
+// the current one is.
 template <int kK, int kVt, typename O>
 __global__ void __launch_bounds__(kThreads)
     TcOutputKernel(const GdrArgs a, const TcWorkspace ws) {
@@ -596,8 +668,6 @@ __global__ void __launch_bounds__(kThreads)
   bf16* halfs = reinterpret_cast<bf16*>(smem4);
   bf16* qb = halfs + L::kQ;
   bf16* kb = halfs + L::kKey;
-  bf16* hb = halfs + L::kH;
-  bf16* db = halfs + L::kD;
   float* gcum = reinterpret_cast<float*>(halfs + L::kHalfs);
 
   const int tid = threadIdx.x;
@@ -623,9 +693,20 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t ch = c * a.num_v_heads + h;
   const bf16* h_in = ws.h + ch * kK * V;
   const bf16* d_in = ws.u + ch * kC * V;
-  // Copies columns [j0, j0 + kVt) of the chunk-start state and of Δ.
-  auto load_tile = [&](int j0) {
+  const bf16* q = static_cast<const bf16*>(a.q) + kh * a.q_stride[1];
+  const bf16* k = static_cast<const bf16*>(a.k) + kh * a.k_stride[1];
+  const bool qk_vec = Rows16(q, a.q_stride[0]) && Rows16(k, a.k_stride[0]);
+  if (qk_vec) {
+    CopyRowsAsync<kK>(q, a.q_stride[0], c0, n, qb, Ld(kK));
+    CopyRowsAsync<kK>(k, a.k_stride[0], c0, n, kb, Ld(kK));
+  }
+  CpAsyncCommit();
+  // Copies columns [j0, j0 + kVt) of the chunk-start state and of Δ into
+  // buffer `buf`, as one commit group.
+  auto load_tile = [&](int j0, int buf) {
     constexpr int kPerRow = kVt / 8;
+    bf16* hb = halfs + L::kH + buf * L::kBuf;
+    bf16* db = halfs + L::kD + buf * L::kBuf;
     for (int idx = tid; idx < kK * kPerRow; idx += kThreads) {
       const int r = idx / kPerRow;
       const int cc = 8 * (idx % kPerRow);
@@ -638,13 +719,18 @@ __global__ void __launch_bounds__(kThreads)
     }
     CpAsyncCommit();
   };
-  load_tile(0);
+  load_tile(0, 0);
 
-  const bf16* q = static_cast<const bf16*>(a.q) + kh * a.q_stride[1];
-  const bf16* k = static_cast<const bf16*>(a.k) + kh * a.k_stride[1];
-  LoadRowsBf16<kK>(a, q, a.q_stride[0], c0, n, a.scale, qb, Ld(kK));
-  LoadRowsBf16<kK>(a, k, a.k_stride[0], c0, n, 1.0f, kb, Ld(kK));
   if (tid < kC) gcum[tid] = ws.rows[ch * kC + tid];
+  if (qk_vec) {
+    CpAsyncWait<1>();
+    __syncthreads();
+    ScaleRows<kK>(a.l2norm_qk, a.scale, qb, Ld(kK));
+    ScaleRows<kK>(a.l2norm_qk, 1.0f, kb, Ld(kK));
+  } else {
+    LoadRowsBf16<kK>(a, q, a.q_stride[0], c0, n, a.scale, qb, Ld(kK));
+    LoadRowsBf16<kK>(a, k, a.k_stride[0], c0, n, 1.0f, kb, Ld(kK));
+  }
   __syncthreads();
 
   // P = mask_{j≤i}(Q Kᵀ ⊙ exp(G_i − G_j)), kept as A fragments.
@@ -673,10 +759,16 @@ __global__ void __launch_bounds__(kThreads)
   const float gam0 = __expf(gcum[AccRow(r0, 0)]);
   const float gam1 = __expf(gcum[AccRow(r0, 2)]);
 
-  for (int j0 = 0; j0 < V; j0 += kVt) {
-    if (j0 > 0) load_tile(j0);
-    CpAsyncWait<0>();
+  for (int j0 = 0, buf = 0; j0 < V; j0 += kVt, buf ^= 1) {
+    if (j0 + kVt < V) {
+      load_tile(j0 + kVt, buf ^ 1);
+    } else {
+      CpAsyncCommit();
+    }
+    CpAsyncWait<1>();
     __syncthreads();
+    const bf16* hb = halfs + L::kH + buf * L::kBuf;
+    const bf16* db = halfs + L::kD + buf * L::kBuf;
 
     float o[kNt][4];
     Zero(o);
@@ -740,6 +832,48 @@ absl::Status LaunchOutput(const GdrArgs& a, const TcWorkspace& ws, dim3 grid,
                     : LaunchOutputTyped<kK, 32, float>(a, ws, grid, stream);
 }
 
+// Value columns per state block: 16, 32 or 64. A block's time per chunk
+// grows with its columns (each of its warps walks them all), while fewer
+// columns mean more blocks re-reading the same W and K'. So: the widest
+// that still gives every SM a block, 16 when even that cannot; overridden
+// by DELTASERVE_GDR_STATE_COLUMNS when set to one of the three (tuning).
+// On the H200, for 65536 tokens of 16 value heads of 128: 1.43 / 2.12 /
+// 3.70 ms with 16 / 32 / 64 columns; for 4 × 8192 tokens of 32 value
+// heads: 2.08 ms with 16 and 0.89 ms with 64.
+int StateColumns(int64_t sequences_heads, int64_t value_dim, int sms) {
+  if (const char* env = std::getenv("DELTASERVE_GDR_STATE_COLUMNS")) {
+    const int want = std::atoi(env);
+    if ((want == 16 || want == 32 || want == 64) && value_dim % want == 0) {
+      return want;
+    }
+  }
+  for (int cols : {64, 32}) {
+    if (value_dim % cols == 0 && sequences_heads * (value_dim / cols) >= sms) {
+      return cols;
+    }
+  }
+  return 16;
+}
+
+// The state kernel with kVs columns per block; chunks in flight (kStages):
+// four when its blocks fit on the SMs one each, else two.
+template <int kK, int kVs>
+absl::Status LaunchState(const GdrArgs& a, const TcWorkspace& ws, int sms,
+                         cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(a.batch * a.num_v_heads),
+                  static_cast<unsigned>(a.value_dim / kVs));
+  if (static_cast<int64_t>(grid.x) * grid.y <= int64_t{sms}) {
+    constexpr size_t kBytes = StateLayout<kK, kVs, 4>::kBytes;
+    DS_RETURN_IF_ERROR(SetSmem(&TcStateKernel<kK, kVs, 4>, kBytes));
+    TcStateKernel<kK, kVs, 4><<<grid, kThreads, kBytes, stream>>>(a, ws);
+  } else {
+    constexpr size_t kBytes = StateLayout<kK, kVs, 2>::kBytes;
+    DS_RETURN_IF_ERROR(SetSmem(&TcStateKernel<kK, kVs, 2>, kBytes));
+    TcStateKernel<kK, kVs, 2><<<grid, kThreads, kBytes, stream>>>(a, ws);
+  }
+  return absl::OkStatus();
+}
+
 template <int kK>
 absl::Status Launch(const GdrArgs& a, cudaStream_t stream) {
   const int64_t hv = a.num_v_heads;
@@ -752,7 +886,7 @@ absl::Status Launch(const GdrArgs& a, cudaStream_t stream) {
   if (hv > 65535) {
     return Invalid(kOp, "num_v_heads", hv, "at most 65535");
   }
-  if (v / kVs > 65535) {
+  if (v / 16 > 65535) {
     return Invalid(kOp, "value_dim", v, "at most 65535 * 16");
   }
   const int64_t units = max_chunks * hv;
@@ -772,30 +906,27 @@ absl::Status Launch(const GdrArgs& a, cudaStream_t stream) {
 
   absl::Status status = [&]() -> absl::Status {
     DS_RETURN_IF_ERROR(SetSmem(&TcPrepKernel<kK>, PrepLayout<kK>::kBytes));
-    const dim3 state_grid(static_cast<unsigned>(a.batch * hv),
-                          static_cast<unsigned>(v / kVs));
     int device = 0;
     int sms = 0;
     DS_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), kOp));
     DS_RETURN_IF_ERROR(CudaStatus(
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
         kOp));
-    const bool deep =
-        static_cast<int64_t>(state_grid.x) * state_grid.y <= int64_t{sms};
-    DS_RETURN_IF_ERROR(
-        deep ? SetSmem(&TcStateKernel<kK, 4>, StateLayout<kK, 4>::kBytes)
-             : SetSmem(&TcStateKernel<kK, 2>, StateLayout<kK, 2>::kBytes));
     LaunchChunkBase(a, ws.base, stream);
     const dim3 chunk_grid(static_cast<unsigned>(max_chunks),
                           static_cast<unsigned>(hv));
     TcPrepKernel<kK>
         <<<chunk_grid, kThreads, PrepLayout<kK>::kBytes, stream>>>(a, ws);
-    if (deep) {
-      TcStateKernel<kK, 4>
-          <<<state_grid, kThreads, StateLayout<kK, 4>::kBytes, stream>>>(a, ws);
-    } else {
-      TcStateKernel<kK, 2>
-          <<<state_grid, kThreads, StateLayout<kK, 2>::kBytes, stream>>>(a, ws);
+    switch (StateColumns(a.batch * hv, v, sms)) {
+      case 64:
+        DS_RETURN_IF_ERROR((LaunchState<kK, 64>(a, ws, sms, stream)));
+        break;
+      case 32:
+        DS_RETURN_IF_ERROR((LaunchState<kK, 32>(a, ws, sms, stream)));
+        break;
+      default:
+        DS_RETURN_IF_ERROR((LaunchState<kK, 16>(a, ws, sms, stream)));
+        break;
     }
     DS_RETURN_IF_ERROR(LaunchOutput<kK>(a, ws, chunk_grid, stream));
     return CudaStatus(cudaGetLastError(),

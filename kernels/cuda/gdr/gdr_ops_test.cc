@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <numeric>
 #include <ostream>
@@ -49,6 +50,9 @@ struct Case {
   float g_min = -0.2f;
   // bf16 inputs with an f32 out (the chunked form only).
   bool out_f32 = false;
+  // Value columns per block of the tensor-core state kernel
+  // (DELTASERVE_GDR_STATE_COLUMNS; 0: the default).
+  int state_columns = 0;
 };
 
 std::ostream& operator<<(std::ostream& os, const Case& c) {
@@ -59,6 +63,7 @@ std::ostream& operator<<(std::ostream& os, const Case& c) {
      << (c.l2norm ? "_l2" : "_nol2") << (c.bf16 ? "_bf16" : "_f32");
   if (c.gate && c.g_min < -1.0f) os << "_strongdecay";
   if (c.out_f32) os << "_f32out";
+  if (c.state_columns > 0) os << "_cols" << c.state_columns;
   return os;
 }
 
@@ -94,6 +99,12 @@ void GdrOpsTest::Check(Form form) {
     GTEST_SKIP() << "the recurrent form's out has the inputs' type";
   }
   const bool out_bf16 = c.bf16 && !c.out_f32;
+  if (c.state_columns > 0) {
+    setenv("DELTASERVE_GDR_STATE_COLUMNS",
+           std::to_string(c.state_columns).c_str(), 1);
+  } else {
+    unsetenv("DELTASERVE_GDR_STATE_COLUMNS");
+  }
   const int64_t b = static_cast<int64_t>(c.lens.size());
   std::vector<int32_t> cu(static_cast<size_t>(b + 1), 0);
   for (int64_t i = 0; i < b; ++i) cu[i + 1] = cu[i] + c.lens[i];
@@ -272,6 +283,24 @@ std::vector<Case> Cases() {
   cases.push_back({lens, 4, 8, 64, 32, true, true, true, -8.0f, true});
   cases.push_back(
       {{5, 0, 130, 0, 1}, 1, 2, 32, 64, false, true, true, -0.2f, true});
+  // Every width of the tensor-core state kernel, one and many blocks per SM.
+  for (int cols : {16, 32, 64}) {
+    cases.push_back(
+        {lens, 2, 4, 128, 128, true, true, true, -0.2f, true, cols});
+    cases.push_back({lens, 4, 8, 64, 64, true, true, true, -8.0f, false, cols});
+    cases.push_back({{1000, 2048, 700, 1500},
+                     16,
+                     32,
+                     128,
+                     128,
+                     true,
+                     true,
+                     true,
+                     -0.05f,
+                     true,
+                     cols});
+  }
+  cases.push_back({lens, 2, 4, 32, 96, true, true, true, -0.2f, true, 64});
   // Several long sequences, 65536 tokens in all.
   cases.push_back(
       {{16384, 4001, 20000, 25151}, 2, 4, 128, 128, true, true, false, -0.05f});
