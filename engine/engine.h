@@ -95,6 +95,16 @@ struct GenerationEvent {
 // Where a session's state is.
 enum class SessionTier { kDevice, kHost, kDisk };
 
+// The byte format of an exported session.
+enum class SessionFormat {
+  // The state store's versioned, checksummed stream, bound to the model's
+  // fingerprint (engine/state_store/README.md, "Export stream").
+  kDeltaserve,
+  // fla's cache layout in safetensors, for delta_net and gated_deltanet
+  // models (engine/session/fla_cache.h; README.md as above).
+  kFlaCache,
+};
+
 // What the engine reports about a session.
 struct SessionInfo {
   // The last committed snapshot's metadata (history_tokens included).
@@ -199,11 +209,22 @@ class Engine {
   absl::StatusOr<SessionInfo> ForkSession(absl::string_view session_id);
   // Removes the session (also one whose stored state is damaged).
   absl::Status DeleteSession(absl::string_view session_id);
-  // The session's last committed state as an export stream (StateStore).
-  absl::StatusOr<std::string> ExportSession(absl::string_view session_id);
-  // Stores an export stream as a new session. Errors as
-  // StateStore::Import (FAILED_PRECONDITION for another model's stream).
-  absl::StatusOr<SessionInfo> ImportSession(absl::string_view bytes);
+  // The session's last committed state as an export in `format`: the
+  // StateStore's export stream, or an fla cache file (EncodeFlaCache).
+  // kFlaCache: FAILED_PRECONDITION naming the model type when it has no fla
+  // cache layout (checked before the id).
+  absl::StatusOr<std::string> ExportSession(
+      absl::string_view session_id,
+      SessionFormat format = SessionFormat::kDeltaserve);
+  // Stores an export in `format` as a new session, committed; nothing is
+  // stored on error. kDeltaserve: errors as StateStore::Import
+  // (FAILED_PRECONDITION for another model's stream). kFlaCache: errors as
+  // DecodeFlaCache (INVALID_ARGUMENT naming the tensor or metadata key;
+  // FAILED_PRECONDITION for a model type without an fla cache layout or a
+  // file of another model), then storage errors as StateStore::Commit.
+  absl::StatusOr<SessionInfo> ImportSession(
+      absl::string_view bytes,
+      SessionFormat format = SessionFormat::kDeltaserve);
   // The fingerprint stored sessions are bound to.
   const std::string& model_fingerprint() const { return fingerprint_; }
 

@@ -14,6 +14,7 @@
 #include "absl/synchronization/notification.h"
 #include "engine/engine.h"
 #include "engine/engine_internal.h"
+#include "engine/session/fla_cache.h"
 #include "engine/session/session_state.h"
 #include "kernels/status.h"
 
@@ -711,17 +712,43 @@ absl::Status Engine::DeleteSession(absl::string_view id) {
   return st;
 }
 
-absl::StatusOr<std::string> Engine::ExportSession(absl::string_view id) {
+absl::StatusOr<std::string> Engine::ExportSession(absl::string_view id,
+                                                  SessionFormat format) {
   DS_RETURN_IF_ERROR(CheckSessions());
-  return options_.state_store->Export(id);
+  if (format == SessionFormat::kDeltaserve) {
+    return options_.state_store->Export(id);
+  }
+  DS_RETURN_IF_ERROR(FlaRecurrentLayoutOf(model_->spec()).status());
+  DS_RETURN_IF_ERROR(ValidateSessionId(id));
+  DS_ASSIGN_OR_RETURN(const SessionSnapshot snap,
+                      options_.state_store->Load(id));
+  return EncodeFlaCache(snap, model_->spec());
 }
 
-absl::StatusOr<SessionInfo> Engine::ImportSession(absl::string_view bytes) {
+absl::StatusOr<SessionInfo> Engine::ImportSession(absl::string_view bytes,
+                                                  SessionFormat format) {
   DS_RETURN_IF_ERROR(CheckSessions());
-  DS_ASSIGN_OR_RETURN(
-      SessionMeta meta,
-      options_.state_store->Import(bytes, NewSessionId(), fingerprint_));
-  return InfoFromMeta(meta);
+  if (format == SessionFormat::kDeltaserve) {
+    DS_ASSIGN_OR_RETURN(
+        SessionMeta meta,
+        options_.state_store->Import(bytes, NewSessionId(), fingerprint_));
+    return InfoFromMeta(meta);
+  }
+  SessionMeta meta;
+  meta.session_id = NewSessionId();
+  meta.model_fingerprint = fingerprint_;
+  meta.created = meta.last_used = clock_->Now();
+  DS_ASSIGN_OR_RETURN(SessionSnapshot snap,
+                      DecodeFlaCache(bytes, model_->spec(),
+                                     options_.kv_page_size, std::move(meta)));
+  DS_ASSIGN_OR_RETURN(CommitStats stats, options_.state_store->Commit(snap, 0));
+  snap.meta.snapshot_seq = stats.snapshot_seq;
+  snap.meta.history_tokens = static_cast<int64_t>(snap.tokens.size());
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.session_commits;
+  }
+  return InfoFromMeta(snap.meta);
 }
 
 }  // namespace deltaserve

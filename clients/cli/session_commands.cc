@@ -36,6 +36,10 @@ ABSL_FLAG(int, page_size, 0,
           "default.");
 ABSL_FLAG(std::string, out, "", "session export: the file to write.");
 ABSL_FLAG(std::string, in, "", "session import: the export file to read.");
+ABSL_FLAG(std::string, format, "deltaserve",
+          "session export, import: the file's format: deltaserve (the "
+          "server's own checksummed stream, any model) or fla (fla's cache "
+          "layout in safetensors, delta_net and gated_deltanet models).");
 ABSL_FLAG(std::string, file, "",
           "session append: a UTF-8 text file whose text is appended.");
 ABSL_FLAG(int, piece_tokens, 65536,
@@ -62,6 +66,9 @@ const char kSessionUsage[] =
     "  session import --in=FILE     stores an export as a new session; "
     "prints\n"
     "                               the new id\n"
+    "            export, import: [--format=deltaserve|fla] (fla: fla's "
+    "cache\n"
+    "            layout in safetensors, for delta_net and gated_deltanet)\n"
     "  session append ID --token_ids=1,2,3 | --prompt=TEXT | --file=PATH\n"
     "            [--piece_tokens=N --piece_bytes=N]  feeds history in pieces\n"
     "            without generating, with progress on stderr";
@@ -249,9 +256,24 @@ int List() {
   return 0;
 }
 
+// The --format flag's value; a usage error for an unknown one.
+std::optional<v1::SessionFormat> FormatFlag() {
+  const std::string format = absl::GetFlag(FLAGS_format);
+  if (format == "deltaserve") return v1::SESSION_FORMAT_DELTASERVE;
+  if (format == "fla") return v1::SESSION_FORMAT_FLA_CACHE;
+  return std::nullopt;
+}
+
+int BadFormat() {
+  return UsageError(absl::StrCat("--format must be deltaserve or fla, not \"",
+                                 absl::GetFlag(FLAGS_format), "\""));
+}
+
 int Export(const std::string& session_id) {
   const std::string path = absl::GetFlag(FLAGS_out);
   if (path.empty()) return UsageError("session export needs --out=FILE");
+  const std::optional<v1::SessionFormat> format = FormatFlag();
+  if (!format.has_value()) return BadFormat();
   const std::string tmp_path = absl::StrCat(path, ".tmp");
   std::FILE* file = std::fopen(tmp_path.c_str(), "wb");
   if (file == nullptr) {
@@ -267,6 +289,7 @@ int Export(const std::string& session_id) {
 
   v1::ExportSessionRequest request;
   request.set_session_id(session_id);
+  request.set_format(*format);
   std::unique_ptr<v1::Sessions::Stub> stub = NewStub();
   grpc::ClientContext context;
   SetDeadline(&context);
@@ -318,6 +341,8 @@ int Export(const std::string& session_id) {
 int Import() {
   const std::string path = absl::GetFlag(FLAGS_in);
   if (path.empty()) return UsageError("session import needs --in=FILE");
+  const std::optional<v1::SessionFormat> format = FormatFlag();
+  if (!format.has_value()) return BadFormat();
   std::FILE* file = std::fopen(path.c_str(), "rb");
   if (file == nullptr) {
     return LocalError(
@@ -330,13 +355,17 @@ int Import() {
   std::unique_ptr<grpc::ClientWriter<v1::ImportSessionChunk>> writer =
       stub->ImportSession(&context, &session);
   v1::ImportSessionChunk chunk;
+  chunk.set_format(*format);
+  bool first = true;
   absl::Status read_status;
   while (true) {
     std::string* data = chunk.mutable_data();
     data->resize(kImportChunkBytes);
     const size_t n = std::fread(data->data(), 1, data->size(), file);
     data->resize(n);
-    if (n > 0 && !writer->Write(chunk)) break;  // Finish says why.
+    // The first chunk goes even when empty: it names the format.
+    if ((n > 0 || first) && !writer->Write(chunk)) break;  // Finish says why.
+    first = false;
     if (n < kImportChunkBytes) {
       if (std::ferror(file)) {
         read_status =

@@ -301,6 +301,64 @@ TEST_F(ModelLoadTest, TruncatedWeightFileNamesTheFile) {
   EXPECT_THAT(std::string(model.status().message()), HasSubstr("truncated"));
 }
 
+// Safetensors as bytes in memory (what a session import receives): the
+// writer's output parses back to the same tensors and metadata, and hostile
+// headers are refused without allocating what they claim.
+TEST(SafetensorsBytesTest, EncodeParsesBackAndRefusesBadInput) {
+  const std::vector<TensorToWrite> tensors = {
+      {"b", DType::kF32, {2, 1}, std::string("\0\0\x80\x3f\0\0\0\x40", 8)},
+      {"a", DType::kI64, {1}, std::string("\x07\0\0\0\0\0\0\0", 8)},
+      {"empty", DType::kF32, {0, 3}, ""}};
+  absl::StatusOr<std::string> bytes =
+      EncodeSafetensors(tensors, {{"k", "v"}, {"format", "x"}});
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  EXPECT_EQ(*EncodeSafetensors(tensors, {{"k", "v"}, {"format", "x"}}),
+            *bytes);  // deterministic
+  absl::StatusOr<SafetensorsContents> c = ParseSafetensors(*bytes, "bytes");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->metadata,
+            (std::map<std::string, std::string>{{"k", "v"}, {"format", "x"}}));
+  ASSERT_EQ(c->tensors.size(), 3u);
+  EXPECT_EQ(c->tensors.at("b").shape, (std::vector<int64_t>{2, 1}));
+  float x[2];
+  std::memcpy(x, c->tensors.at("b").data, 8);
+  EXPECT_EQ(x[0], 1.0f);
+  EXPECT_EQ(x[1], 2.0f);
+  EXPECT_EQ(c->tensors.at("empty").numel(), 0);
+
+  // The writer refuses names it cannot write and sizes that do not fit.
+  for (const std::vector<TensorToWrite>& bad :
+       std::vector<std::vector<TensorToWrite>>{
+           {{"a", DType::kF32, {1}, "1234"}, {"a", DType::kF32, {1}, "1234"}},
+           {{"__metadata__", DType::kF32, {1}, "1234"}},
+           {{"", DType::kF32, {1}, "1234"}},
+           {{"a", DType::kF32, {2}, "1234"}}}) {
+    EXPECT_EQ(EncodeSafetensors(bad).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  // A shape whose size overflows 64 bits, and one larger than the data.
+  auto header_only = [](const std::string& header) {
+    std::string out(8, '\0');
+    const uint64_t n = header.size();
+    std::memcpy(out.data(), &n, 8);
+    return out + header;
+  };
+  for (const std::string& shape :
+       {std::string("[4294967296, 4294967296, 16]"),
+        std::string("[9223372036854775807, 4]"), std::string("[3]")}) {
+    const std::string bad =
+        header_only("{\"t\":{\"dtype\":\"F32\",\"shape\":" + shape +
+                    ",\"data_offsets\":[0,4]}}") +
+        "abcd";
+    const absl::Status st = ParseSafetensors(bad, "bytes").status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << shape;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("malformed bytes"));
+    EXPECT_THAT(std::string(st.message()), HasSubstr("tensor t"));
+  }
+  EXPECT_EQ(ParseSafetensors("short", "bytes").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(ModelLoadTest, MissingDirectoryIsNotFound) {
   EXPECT_EQ(Model::Load((dir_ / "nope").string()).status().code(),
             absl::StatusCode::kNotFound);

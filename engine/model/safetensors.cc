@@ -22,9 +22,10 @@ namespace {
 
 using json = nlohmann::json;
 
-absl::Status Malformed(const std::string& path, const std::string& what) {
+// `source`: what the bytes are ("safetensors file PATH").
+absl::Status Malformed(const std::string& source, const std::string& what) {
   return absl::InvalidArgumentError(
-      absl::StrCat("malformed safetensors file ", path, ": ", what));
+      absl::StrCat("malformed ", source, ": ", what));
 }
 
 bool ParseDType(const std::string& s, DType* out) {
@@ -60,6 +61,107 @@ SafetensorsFile::~SafetensorsFile() {
   if (map_ != nullptr) munmap(map_, map_size_);
 }
 
+absl::StatusOr<SafetensorsContents> ParseSafetensors(
+    absl::string_view bytes_view, const std::string& source) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(bytes_view.data());
+  const size_t size = bytes_view.size();
+  if (size < 8)
+    return Malformed(source, "shorter than its 8-byte header length");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, bytes, 8);
+  if (header_len > size - 8 || header_len > (100u << 20)) {
+    return Malformed(source, absl::StrCat("header length ", header_len,
+                                          " exceeds the size ", size));
+  }
+  json header = json::parse(bytes + 8, bytes + 8 + header_len, nullptr,
+                            /*allow_exceptions=*/false);
+  if (header.is_discarded() || !header.is_object()) {
+    return Malformed(source, "header is not a JSON object");
+  }
+  SafetensorsContents out;
+  const uint8_t* data_start = bytes + 8 + header_len;
+  const size_t data_size = size - 8 - header_len;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    if (it.key() == "__metadata__") {
+      if (it->is_object()) {
+        for (auto m = it->begin(); m != it->end(); ++m) {
+          if (m->is_string()) out.metadata[m.key()] = m->get<std::string>();
+        }
+      }
+      continue;
+    }
+    const json& t = *it;
+    if (!t.is_object() || !t.contains("dtype") || !t["dtype"].is_string() ||
+        !t.contains("shape") || !t["shape"].is_array() ||
+        !t.contains("data_offsets") || !t["data_offsets"].is_array() ||
+        t["data_offsets"].size() != 2) {
+      return Malformed(source,
+                       absl::StrCat("tensor ", it.key(),
+                                    " lacks dtype, shape or data_offsets"));
+    }
+    TensorEntry e;
+    e.name = it.key();
+    e.file = source;
+    if (!ParseDType(t["dtype"].get<std::string>(), &e.dtype)) {
+      return Malformed(
+          source, absl::StrCat("tensor ", it.key(), " has unsupported dtype ",
+                               t["dtype"].get<std::string>()));
+    }
+    // The element count, refusing sizes that overflow 64 bits.
+    uint64_t elements = 1;
+    bool overflow = false;
+    for (const json& d : t["shape"]) {
+      if (!d.is_number_unsigned()) {
+        return Malformed(source, absl::StrCat("tensor ", it.key(),
+                                              " has a non-integer dimension"));
+      }
+      const uint64_t dim = d.get<uint64_t>();
+      overflow |= dim > (uint64_t{1} << 62) ||
+                  __builtin_mul_overflow(elements, dim, &elements);
+      e.shape.push_back(
+          static_cast<int64_t>(std::min<uint64_t>(dim, uint64_t{1} << 62)));
+    }
+    uint64_t expect = 0;
+    overflow |= __builtin_mul_overflow(
+        elements, static_cast<uint64_t>(DTypeSize(e.dtype)), &expect);
+    if (overflow) {
+      return Malformed(source, absl::StrCat("tensor ", it.key(),
+                                            " has a shape whose size "
+                                            "overflows"));
+    }
+    const json& off = t["data_offsets"];
+    if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
+      return Malformed(
+          source, absl::StrCat("tensor ", it.key(), " has bad data_offsets"));
+    }
+    uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+    if (begin > end || end > data_size) {
+      return Malformed(
+          source, absl::StrCat("tensor ", it.key(), " data [", begin, ", ", end,
+                               ") runs past the end of the data (", data_size,
+                               " bytes): truncated?"));
+    }
+    if (end - begin != expect) {
+      return Malformed(
+          source, absl::StrCat("tensor ", it.key(), " has ", end - begin,
+                               " bytes but shape ", e.ShapeString(), " needs ",
+                               expect));
+    }
+    e.data = data_start + begin;
+    e.num_bytes = end - begin;
+    ranges.emplace_back(begin, end);
+    out.tensors.emplace(e.name, std::move(e));
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    if (ranges[i].first < ranges[i - 1].second) {
+      return Malformed(source, "tensor data ranges overlap");
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -78,9 +180,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
   file->path_ = path;
   file->map_size_ = static_cast<size_t>(st.st_size);
+  const std::string source = absl::StrCat("safetensors file ", path);
   if (file->map_size_ < 8) {
     ::close(fd);
-    return Malformed(path, "shorter than its 8-byte header length");
+    return Malformed(source, "shorter than its 8-byte header length");
   }
   void* map = mmap(nullptr, file->map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
@@ -89,84 +192,14 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
         absl::StrCat("cannot mmap ", path, ": ", std::strerror(errno)));
   }
   file->map_ = map;
-  const auto* bytes = static_cast<const uint8_t*>(map);
-  uint64_t header_len = 0;
-  std::memcpy(&header_len, bytes, 8);
-  if (header_len > file->map_size_ - 8 || header_len > (100u << 20)) {
-    return Malformed(path,
-                     absl::StrCat("header length ", header_len,
-                                  " exceeds the file size ", file->map_size_));
-  }
-  json header = json::parse(bytes + 8, bytes + 8 + header_len, nullptr,
-                            /*allow_exceptions=*/false);
-  if (header.is_discarded() || !header.is_object()) {
-    return Malformed(path, "header is not a JSON object");
-  }
-  const uint8_t* data_start = bytes + 8 + header_len;
-  const size_t data_size = file->map_size_ - 8 - header_len;
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    if (it.key() == "__metadata__") {
-      if (it->is_object()) {
-        for (auto m = it->begin(); m != it->end(); ++m) {
-          if (m->is_string()) file->metadata_[m.key()] = m->get<std::string>();
-        }
-      }
-      continue;
-    }
-    const json& t = *it;
-    if (!t.is_object() || !t.contains("dtype") || !t["dtype"].is_string() ||
-        !t.contains("shape") || !t["shape"].is_array() ||
-        !t.contains("data_offsets") || !t["data_offsets"].is_array() ||
-        t["data_offsets"].size() != 2) {
-      return Malformed(path,
-                       absl::StrCat("tensor ", it.key(),
-                                    " lacks dtype, shape or data_offsets"));
-    }
-    TensorEntry e;
-    e.name = it.key();
-    e.file = path;
-    if (!ParseDType(t["dtype"].get<std::string>(), &e.dtype)) {
-      return Malformed(
-          path, absl::StrCat("tensor ", it.key(), " has unsupported dtype ",
-                             t["dtype"].get<std::string>()));
-    }
-    for (const json& d : t["shape"]) {
-      if (!d.is_number_unsigned()) {
-        return Malformed(path, absl::StrCat("tensor ", it.key(),
-                                            " has a non-integer dimension"));
-      }
-      e.shape.push_back(d.get<int64_t>());
-    }
-    const json& off = t["data_offsets"];
-    if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
-      return Malformed(
-          path, absl::StrCat("tensor ", it.key(), " has bad data_offsets"));
-    }
-    uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
-    if (begin > end || end > data_size) {
-      return Malformed(
-          path, absl::StrCat("tensor ", it.key(), " data [", begin, ", ", end,
-                             ") runs past the end of the data (", data_size,
-                             " bytes): truncated file?"));
-    }
-    uint64_t expect = static_cast<uint64_t>(e.numel()) * DTypeSize(e.dtype);
-    if (end - begin != expect) {
-      return Malformed(path, absl::StrCat("tensor ", it.key(), " has ",
-                                          end - begin, " bytes but shape ",
-                                          e.ShapeString(), " needs ", expect));
-    }
-    e.data = data_start + begin;
-    e.num_bytes = end - begin;
-    ranges.emplace_back(begin, end);
-    file->tensors_.emplace(e.name, std::move(e));
-  }
-  std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); ++i) {
-    if (ranges[i].first < ranges[i - 1].second) {
-      return Malformed(path, "tensor data ranges overlap");
-    }
-  }
+  DS_ASSIGN_OR_RETURN(
+      SafetensorsContents contents,
+      ParseSafetensors(
+          absl::string_view(static_cast<const char*>(map), file->map_size_),
+          source));
+  for (auto& [name, entry] : contents.tensors) entry.file = path;
+  file->tensors_ = std::move(contents.tensors);
+  file->metadata_ = std::move(contents.metadata);
   return file;
 }
 
@@ -255,15 +288,27 @@ std::vector<std::string> Checkpoint::Names() const {
   return names;
 }
 
-absl::Status WriteSafetensors(const std::string& path,
-                              const std::vector<TensorToWrite>& tensors) {
+absl::StatusOr<std::string> EncodeSafetensors(
+    const std::vector<TensorToWrite>& tensors,
+    const std::map<std::string, std::string>& metadata) {
   std::vector<const TensorToWrite*> sorted;
   for (const TensorToWrite& t : tensors) sorted.push_back(&t);
   std::sort(sorted.begin(), sorted.end(),
             [](const auto* a, const auto* b) { return a->name < b->name; });
   json header = json::object();
+  if (!metadata.empty()) {
+    json meta = json::object();
+    for (const auto& [key, value] : metadata) meta[key] = value;
+    header["__metadata__"] = std::move(meta);
+  }
   uint64_t offset = 0;
-  for (const TensorToWrite* t : sorted) {
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    const TensorToWrite* t = sorted[i];
+    if (t->name.empty() || t->name == "__metadata__" ||
+        (i > 0 && sorted[i - 1]->name == t->name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor name \"", t->name, "\" is empty, reserved or repeated"));
+    }
     int64_t n = 1;
     for (int64_t d : t->shape) n *= d;
     if (static_cast<uint64_t>(n) * DTypeSize(t->dtype) != t->bytes.size()) {
@@ -279,12 +324,20 @@ absl::Status WriteSafetensors(const std::string& path,
   }
   std::string text = header.dump();
   while ((8 + text.size()) % 8 != 0) text.push_back(' ');
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  std::string out;
+  out.reserve(8 + text.size() + offset);
   const uint64_t len = text.size();
-  out.write(reinterpret_cast<const char*>(&len), 8);
-  out.write(text.data(), text.size());
-  for (const TensorToWrite* t : sorted)
-    out.write(t->bytes.data(), t->bytes.size());
+  out.append(reinterpret_cast<const char*>(&len), 8);
+  out += text;
+  for (const TensorToWrite* t : sorted) out += t->bytes;
+  return out;
+}
+
+absl::Status WriteSafetensors(const std::string& path,
+                              const std::vector<TensorToWrite>& tensors) {
+  DS_ASSIGN_OR_RETURN(const std::string bytes, EncodeSafetensors(tensors));
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), bytes.size());
   out.close();
   if (!out) {
     return absl::InternalError(absl::StrCat("cannot write ", path));

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "kernels/tensor.h"
 
 namespace deltaserve {
@@ -31,6 +32,20 @@ struct TensorEntry {
   int64_t numel() const;
   std::string ShapeString() const;  // "[3, 4]"
 };
+
+// The tensors and `__metadata__` strings of one safetensors byte string.
+struct SafetensorsContents {
+  std::map<std::string, TensorEntry> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
+// Parses safetensors bytes held in memory (e.g. received over the network):
+// the entries point into `bytes`, which must outlive them; elements may be
+// unaligned (read them with memcpy, as ToF32 does). `source` names the bytes
+// in errors ("malformed SOURCE: ..."). INVALID_ARGUMENT when the header is
+// malformed as SafetensorsFile::Open describes, or a shape's size overflows.
+absl::StatusOr<SafetensorsContents> ParseSafetensors(absl::string_view bytes,
+                                                     const std::string& source);
 
 // One memory-mapped .safetensors file.
 class SafetensorsFile {
@@ -92,9 +107,17 @@ struct TensorToWrite {
   std::string bytes;
 };
 
-// Writes a .safetensors file (header sorted by name, data in that order).
-// INVALID_ARGUMENT when a tensor's byte count disagrees with its shape;
-// INTERNAL when the file cannot be written.
+// The bytes of a .safetensors file holding `tensors` (header sorted by name,
+// data in that order, the header padded to 8 bytes) and `metadata` as its
+// `__metadata__` object (left out when empty). Deterministic: equal inputs
+// give equal bytes. INVALID_ARGUMENT when a tensor's byte count disagrees
+// with its shape, or a name is empty, repeated or `__metadata__`.
+absl::StatusOr<std::string> EncodeSafetensors(
+    const std::vector<TensorToWrite>& tensors,
+    const std::map<std::string, std::string>& metadata = {});
+
+// Writes EncodeSafetensors(tensors) to `path`. INVALID_ARGUMENT as
+// EncodeSafetensors; INTERNAL when the file cannot be written.
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<TensorToWrite>& tensors);
 

@@ -52,6 +52,21 @@ grpc::Status Reply(const absl::StatusOr<SessionInfo>& info, v1::Session* out) {
   return grpc::Status::OK;
 }
 
+// The engine's format for a request's; INVALID_ARGUMENT for a value this
+// server does not know.
+absl::StatusOr<SessionFormat> FormatOf(v1::SessionFormat format) {
+  switch (format) {
+    case v1::SESSION_FORMAT_UNSPECIFIED:
+    case v1::SESSION_FORMAT_DELTASERVE:
+      return SessionFormat::kDeltaserve;
+    case v1::SESSION_FORMAT_FLA_CACHE:
+      return SessionFormat::kFlaCache;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown session format ", static_cast<int>(format)));
+  }
+}
+
 grpc::Status ClientGone() {
   return grpc::Status(grpc::StatusCode::CANCELLED,
                       "the client cancelled the call");
@@ -122,8 +137,10 @@ grpc::Status SessionsService::DeleteSession(
 grpc::Status SessionsService::ExportSession(
     grpc::ServerContext* context, const v1::ExportSessionRequest* request,
     grpc::ServerWriter<v1::ExportSessionChunk>* writer) {
+  absl::StatusOr<SessionFormat> format = FormatOf(request->format());
+  if (!format.ok()) return ToGrpcStatus(format.status());
   absl::StatusOr<std::string> bytes =
-      engine_->ExportSession(request->session_id());
+      engine_->ExportSession(request->session_id(), *format);
   if (!bytes.ok()) return ToGrpcStatus(bytes.status());
   const size_t chunk = static_cast<size_t>(options_.export_chunk_bytes);
   size_t offset = 0;
@@ -144,7 +161,22 @@ grpc::Status SessionsService::ImportSession(
     v1::Session* response) {
   std::string bytes;
   v1::ImportSessionChunk chunk;
+  bool first = true;
+  SessionFormat format = SessionFormat::kDeltaserve;
   while (reader->Read(&chunk)) {
+    // The first chunk names the format; later ones may repeat it.
+    if (first || chunk.format() != v1::SESSION_FORMAT_UNSPECIFIED) {
+      absl::StatusOr<SessionFormat> f = FormatOf(chunk.format());
+      if (!f.ok()) return ToGrpcStatus(f.status());
+      if (!first && *f != format) {
+        return ToGrpcStatus(absl::InvalidArgumentError(
+            absl::StrCat("an ImportSessionChunk names format ",
+                         v1::SessionFormat_Name(chunk.format()),
+                         ", another than the first chunk's")));
+      }
+      format = *f;
+      first = false;
+    }
     if (static_cast<int64_t>(bytes.size() + chunk.data().size()) >
         options_.max_import_bytes) {
       return ToGrpcStatus(absl::InvalidArgumentError(
@@ -153,7 +185,7 @@ grpc::Status SessionsService::ImportSession(
     }
     bytes += chunk.data();
   }
-  return Reply(engine_->ImportSession(bytes), response);
+  return Reply(engine_->ImportSession(bytes, format), response);
 }
 
 grpc::Status SessionsService::Append(

@@ -4,7 +4,9 @@
 # server restarted (a new process on the same state directory), resumed and
 # continued yields exactly the greedy tokens of one uninterrupted request;
 # so do a fork, a session continued after `session append`, and an export
-# imported into another server process with its own state directory.
+# imported into another server process with its own state directory. For
+# the gated-deltanet-tiny fixture the same export and import go through
+# fla's cache layout (--format=fla); qwen35-tiny refuses that format.
 # Every wait has a deadline, so the test fails rather than hangs.
 set -uo pipefail
 
@@ -97,6 +99,58 @@ check_model() {  # check_model NAME MODEL_ARGS...
   stop_server
 }
 
+# A session exported in fla's cache layout and imported into another server
+# process continues as the uninterrupted request.
+check_fla() {  # check_fla NAME MODEL_ARGS...
+  local name="$1"
+  shift
+  rm -f "${WORK}/server.out"
+  start_server --threads=1 --state_dir="${WORK}/${name}-a" "$@"
+  local p1="5,17,29,41,53,65,77" p2="9,8,7,6,5"
+  local r1 r2 id
+  r1="$(gen --token_ids="${p1}" --max_new_tokens=8)"
+  r2="$(gen --token_ids="${p1},${r1},${p2}" --max_new_tokens=8)"
+  id="$(cli session create)" || fail "session create"
+  expect_eq "${name}: session turn 1" \
+    "$(gen --session="${id}" --token_ids="${p1}" --max_new_tokens=8)" "${r1}"
+  cli session export "${id}" --format=fla --out="${WORK}/${name}.safetensors" \
+    2>/dev/null || fail "session export --format=fla"
+  # A safetensors file: an 8-byte header length, then the JSON header.
+  head -c 9 "${WORK}/${name}.safetensors" | tail -c 1 | grep -q "{" ||
+    fail "the fla export is not safetensors"
+  cli session export "${id}" --format=bogus --out="${WORK}/bogus" \
+    2>"${WORK}/bogus.err"
+  expect_eq "${name}: --format=bogus exit status" "$?" "1"
+  restart_server "${WORK}/${name}-b" "$@"
+  local imported
+  imported="$(cli session import --format=fla \
+    --in="${WORK}/${name}.safetensors")" || fail "session import --format=fla"
+  [[ "${imported}" =~ ^[0-9a-f]{32}$ ]] || fail "imported id '${imported}'"
+  expect_eq "${name}: turn 2 on the fla import" \
+    "$(gen --session="${imported}" --token_ids="${p2}" --max_new_tokens=8)" \
+    "${r2}"
+  # The same file read as deltaserve's own stream is refused.
+  cli session import --in="${WORK}/${name}.safetensors" 2>"${WORK}/imp.err" &&
+    fail "an fla file imported as a deltaserve stream"
+  grep -q "INVALID_ARGUMENT" "${WORK}/imp.err" || fail "$(cat "${WORK}/imp.err")"
+  stop_server
+}
+
 check_model demo
 check_model qwen35-tiny --model="${RUNFILES}/tests/testdata/qwen35-tiny"
+check_fla gated-deltanet-tiny \
+  --model="${RUNFILES}/tests/testdata/gated-deltanet-tiny"
+
+# qwen3_5_text sessions have no fla cache layout.
+rm -f "${WORK}/server.out"
+start_server --threads=1 --state_dir="${WORK}/qwen-fla" \
+  --model="${RUNFILES}/tests/testdata/qwen35-tiny"
+id="$(cli session create)" || fail "session create"
+cli session export "${id}" --format=fla --out="${WORK}/qwen.safetensors" \
+  2>"${WORK}/qwen.err" && fail "qwen3_5_text exported in fla's layout"
+grep -q "FAILED_PRECONDITION.*qwen3_5_text" "${WORK}/qwen.err" ||
+  fail "qwen fla export: $(cat "${WORK}/qwen.err")"
+[[ ! -e "${WORK}/qwen.safetensors" ]] || fail "a failed export left a file"
+echo "ok: qwen35-tiny refuses --format=fla"
+stop_server
 echo "PASS"

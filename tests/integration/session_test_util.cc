@@ -80,11 +80,12 @@ grpc::Status Delete(v1::Sessions::Stub* stub, const std::string& id) {
 }
 
 grpc::Status Export(v1::Sessions::Stub* stub, const std::string& id,
-                    std::string* bytes) {
+                    std::string* bytes, v1::SessionFormat format) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::ExportSessionRequest request;
   request.set_session_id(id);
+  request.set_format(format);
   auto reader = stub->ExportSession(&context, request);
   v1::ExportSessionChunk chunk;
   bytes->clear();
@@ -93,13 +94,14 @@ grpc::Status Export(v1::Sessions::Stub* stub, const std::string& id,
 }
 
 grpc::Status Import(v1::Sessions::Stub* stub, const std::string& bytes,
-                    v1::Session* out) {
+                    v1::Session* out, v1::SessionFormat format) {
   grpc::ClientContext context;
   SetDeadline(&context);
   auto writer = stub->ImportSession(&context, out);
   constexpr size_t kChunk = 64 << 10;
   for (size_t at = 0; at < bytes.size(); at += kChunk) {
     v1::ImportSessionChunk chunk;
+    if (at == 0) chunk.set_format(format);
     chunk.set_data(bytes.substr(at, kChunk));
     if (!writer->Write(chunk)) break;
   }

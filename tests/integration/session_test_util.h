@@ -40,10 +40,12 @@ grpc::Status Fork(v1::Sessions::Stub* stub, const std::string& id,
                   v1::Session* out);
 grpc::Status Delete(v1::Sessions::Stub* stub, const std::string& id);
 grpc::Status Export(v1::Sessions::Stub* stub, const std::string& id,
-                    std::string* bytes);
-// Streams `bytes` in 64 KiB pieces.
+                    std::string* bytes,
+                    v1::SessionFormat format = v1::SESSION_FORMAT_UNSPECIFIED);
+// Streams `bytes` in 64 KiB pieces, `format` set in the first.
 grpc::Status Import(v1::Sessions::Stub* stub, const std::string& bytes,
-                    v1::Session* out);
+                    v1::Session* out,
+                    v1::SessionFormat format = v1::SESSION_FORMAT_UNSPECIFIED);
 // Appends `ids` in one piece; the session's token count afterwards.
 absl::StatusOr<int64_t> Append(v1::Sessions::Stub* stub, const std::string& id,
                                const std::vector<int32_t>& ids);

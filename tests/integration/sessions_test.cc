@@ -1,13 +1,16 @@
 // Sessions over gRPC against in-process servers on a real RocksDB
-// directory: recall of facts across a pause and a server restart, and the
-// error codes of bad calls (unknown and malformed ids, a damaged stored
-// record, tampered and foreign imports). A full disk: full_disk_test.cc.
+// directory: recall of facts across a pause and a server restart, the error
+// codes of bad calls (unknown and malformed ids, a damaged stored record,
+// tampered and foreign imports), and export and import in fla's cache
+// layout. A full disk: full_disk_test.cc.
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/model/safetensors.h"
 #include "engine/model/tokenizer.h"
 #include "engine/state_store/rocksdb_state_store.h"
 #include "gtest/gtest.h"
@@ -20,6 +23,7 @@ namespace {
 
 constexpr char kDemoDir[] = "engine/model/demo-qwen35";
 constexpr char kTinyDir[] = "tests/testdata/qwen35-tiny";
+constexpr char kGatedDir[] = "tests/testdata/gated-deltanet-tiny";
 
 // ---------------------------------------------------------------------------
 
@@ -220,6 +224,148 @@ TEST(SessionsTest, BadCallsGetClearCodesAndOthersKeepWorking) {
       absl::Seconds(30)));
   EXPECT_TRUE(SessionGenerate(b.inference.get(), healthy->session_id(), {3}, 2)
                   .status.ok());
+}
+
+std::vector<int32_t> I64s(const TensorEntry& e) {
+  std::vector<int32_t> out(e.numel());
+  for (int64_t i = 0; i < e.numel(); ++i) {
+    int64_t v;
+    std::memcpy(&v, e.data + 8 * i, 8);
+    out[i] = static_cast<int32_t>(v);
+  }
+  return out;
+}
+
+// Gated DeltaNet sessions moved in and out in fla's cache layout
+// (SESSION_FORMAT_FLA_CACHE): fla's own reference cache imported continues
+// with the reference's greedy tokens, an export imported continues as its
+// session, bad files and formats get their codes and store nothing, and a
+// model type without an fla layout is refused.
+TEST(SessionsTest, FlaCacheExportAndImport) {
+  Running a = Start(kGatedDir, TempDir("fla_cache"));
+  ASSERT_NE(a.server, nullptr);
+  v1::Sessions::Stub* s = a.sessions.get();
+  auto golden =
+      SafetensorsFile::Open(std::string(kGatedDir) + "/golden.safetensors");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  const std::vector<int32_t> prompt =
+      I64s((*golden)->tensors().at("prompt_ids"));
+  const std::vector<int32_t> greedy =
+      I64s((*golden)->tensors().at("greedy_ids"));
+
+  // fla's cache after the prompt (token_ids: the prompt) continues with the
+  // reference's greedy tokens after the first.
+  std::vector<TensorToWrite> reference;
+  for (const auto& [name, e] : (*golden)->tensors()) {
+    if (name.rfind("state.", 0) != 0 && name != "prompt_ids") continue;
+    reference.push_back(
+        {name == "prompt_ids" ? "token_ids" : name, e.dtype, e.shape,
+         std::string(reinterpret_cast<const char*>(e.data), e.num_bytes)});
+  }
+  absl::StatusOr<std::string> reference_file = EncodeSafetensors(reference);
+  ASSERT_TRUE(reference_file.ok()) << reference_file.status();
+  v1::Session imported;
+  ASSERT_TRUE(
+      Import(s, *reference_file, &imported, v1::SESSION_FORMAT_FLA_CACHE).ok());
+  EXPECT_EQ(imported.num_tokens(), 200);
+  Generation g = SessionGenerate(a.inference.get(), imported.session_id(),
+                                 {greedy[0]}, 23);
+  ASSERT_TRUE(g.status.ok()) << g.status.error_message();
+  EXPECT_EQ(g.ids(), std::vector<int32_t>(greedy.begin() + 1, greedy.end()));
+
+  // A session of this server, out and back in (the export is streamed in
+  // pieces and imported in two chunks, only the first naming the format).
+  absl::StatusOr<v1::Session> original = Create(s);
+  ASSERT_TRUE(original.ok());
+  std::vector<int32_t> head(prompt.begin(), prompt.begin() + 77);
+  ASSERT_TRUE(
+      SessionGenerate(a.inference.get(), original->session_id(), head, 5)
+          .status.ok());
+  std::string exported;
+  ASSERT_TRUE(
+      Export(s, original->session_id(), &exported, v1::SESSION_FORMAT_FLA_CACHE)
+          .ok());
+  ASSERT_GT(exported.size(), size_t{64} << 10);
+  absl::StatusOr<SafetensorsContents> contents =
+      ParseSafetensors(exported, "export");
+  ASSERT_TRUE(contents.ok()) << contents.status();
+  EXPECT_EQ(contents->metadata.at("recurrent_layout"), "value_first");
+  EXPECT_EQ(contents->metadata.at("model_type"), "gated_deltanet");
+  EXPECT_EQ(contents->metadata.at("state_tokens"), "81");
+  EXPECT_EQ(contents->tensors.at("token_ids").shape, std::vector<int64_t>{82});
+  EXPECT_EQ(contents->tensors.at("state.0.recurrent_state").shape,
+            (std::vector<int64_t>{2, 64, 32}));
+  v1::Session copy;
+  ASSERT_TRUE(Import(s, exported, &copy, v1::SESSION_FORMAT_FLA_CACHE).ok());
+  EXPECT_EQ(copy.num_tokens(), 82);
+  std::string again;
+  ASSERT_TRUE(
+      Export(s, copy.session_id(), &again, v1::SESSION_FORMAT_FLA_CACHE).ok());
+  EXPECT_TRUE(again == exported);
+  Generation from_original =
+      SessionGenerate(a.inference.get(), original->session_id(), {}, 8);
+  Generation from_copy =
+      SessionGenerate(a.inference.get(), copy.session_id(), {}, 8);
+  ASSERT_TRUE(from_original.status.ok() && from_copy.status.ok());
+  EXPECT_EQ(from_copy.ids(), from_original.ids());
+
+  // Bad files and formats: their codes, and nothing stored.
+  const int64_t before = CountSessions(s);
+  v1::Session out;
+  std::vector<TensorToWrite> missing;
+  for (const TensorToWrite& t : reference) {
+    if (t.name != "state.2.recurrent_state") missing.push_back(t);
+  }
+  grpc::Status st = Import(s, *EncodeSafetensors(missing), &out,
+                           v1::SESSION_FORMAT_FLA_CACHE);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("state.2.recurrent_state"),
+            std::string::npos)
+      << st.error_message();
+  // Without the format the file is read as a deltaserve stream.
+  EXPECT_EQ(Import(s, exported, &out).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(
+      Import(s, exported, &out, static_cast<v1::SessionFormat>(7)).error_code(),
+      grpc::StatusCode::INVALID_ARGUMENT);
+  std::string unused;
+  EXPECT_EQ(Export(s, original->session_id(), &unused,
+                   static_cast<v1::SessionFormat>(7))
+                .error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    // A later chunk naming another format.
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    auto writer = s->ImportSession(&context, &out);
+    v1::ImportSessionChunk chunk;
+    chunk.set_format(v1::SESSION_FORMAT_FLA_CACHE);
+    chunk.set_data(exported.substr(0, 100));
+    ASSERT_TRUE(writer->Write(chunk));
+    chunk.set_format(v1::SESSION_FORMAT_DELTASERVE);
+    chunk.set_data(exported.substr(100));
+    writer->Write(chunk);
+    writer->WritesDone();
+    EXPECT_EQ(writer->Finish().error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  EXPECT_EQ(CountSessions(s), before);
+
+  // qwen3_5_text has no fla cache layout.
+  Running qwen = Start(kTinyDir, TempDir("fla_cache_qwen"));
+  ASSERT_NE(qwen.server, nullptr);
+  absl::StatusOr<v1::Session> q = Create(qwen.sessions.get());
+  ASSERT_TRUE(q.ok());
+  std::string bytes;
+  st = Export(qwen.sessions.get(), q->session_id(), &bytes,
+              v1::SESSION_FORMAT_FLA_CACHE);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find("qwen3_5_text"), std::string::npos)
+      << st.error_message();
+  st = Import(qwen.sessions.get(), *reference_file, &out,
+              v1::SESSION_FORMAT_FLA_CACHE);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(CountSessions(qwen.sessions.get()), 1);
 }
 
 }  // namespace
