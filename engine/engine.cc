@@ -13,6 +13,7 @@
 #include "engine/session/session_state.h"
 #include "engine/state/state_pool.h"
 #include "kernels/status.h"
+#include "kernels/tensor.h"
 
 namespace deltaserve {
 
@@ -162,6 +163,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
 }
 
 Engine::~Engine() { Shutdown(); }
+
+int64_t Engine::kv_bytes_per_token() const {
+  return model_->spec().KvBytesPerToken() / 4 *
+         DTypeSize(in_->pool->kv_dtype());
+}
 
 int64_t Engine::context_limit() const {
   int64_t limit = model_->spec().max_position_embeddings;

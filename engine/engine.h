@@ -232,6 +232,10 @@ class Engine {
   const Options& options() const { return options_; }
   // Longest prompt + generation the engine accepts.
   int64_t context_limit() const;
+  // Bytes of KV cache one token of context takes in the serving device's
+  // memory over all attention layers (fp32 pages on the CPU, bf16 on CUDA;
+  // stored session records keep fp32: ModelSpec::KvBytesPerToken()).
+  int64_t kv_bytes_per_token() const;
   // Requests waiting or running (for tests and metrics).
   int num_active() const;
 

@@ -35,7 +35,7 @@ v1::ModelInfo DescribeModel(const Engine& engine, bool is_default) {
     info.add_layer_kinds(ToProto(block.mixer));
   }
   info.set_recurrent_state_bytes(spec.RecurrentStateBytes());
-  info.set_kv_bytes_per_token(spec.KvBytesPerToken());
+  info.set_kv_bytes_per_token(engine.kv_bytes_per_token());
   info.set_context_limit(engine.context_limit());
   info.set_has_tokenizer(model.tokenizer() != nullptr);
   info.set_vocab_size(spec.vocab_size);
