@@ -300,6 +300,9 @@ class Engine {
   SessionInfo InfoLocked(const Session& s) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(sessions_mu_);
   SessionInfo InfoFromMeta(const SessionMeta& meta) const;
+  // Commits `snap` as a new session (nothing of it stored before) and
+  // returns its info; the state store's errors.
+  absl::StatusOr<SessionInfo> CommitNewSession(SessionSnapshot snap);
   // Runs `fn` on the engine thread (inline once it has stopped) and waits.
   void RunOnEngine(std::function<void()> fn);
   // Engine thread: runs queued functions.

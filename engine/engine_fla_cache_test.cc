@@ -20,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
+#include "engine/engine_test_util.h"
 #include "engine/model/safetensors.h"
 #include "engine/runner/runner_harness.h"
 #include "engine/session/fla_cache.h"
@@ -32,39 +33,9 @@ namespace {
 
 constexpr double kTolerance = 3e-3;  // the fla fixtures' (README)
 
-struct Result {
-  std::vector<int32_t> ids;
-  GenerationEvent end;
-};
-
-Result RunRequest(Engine& engine, GenerationRequest req) {
-  Result r;
-  auto stream = engine.Submit(std::move(req));
-  if (!stream.ok()) {
-    r.end.finished = true;
-    r.end.error = stream.status();
-    return r;
-  }
-  GenerationEvent ev;
-  while (true) {
-    EXPECT_TRUE((*stream)->Next(&ev, absl::Seconds(60))) << "stream stalled";
-    if (ev.finished) {
-      r.end = ev;
-      return r;
-    }
-    r.ids.insert(r.ids.end(), ev.token_ids.begin(), ev.token_ids.end());
-  }
-}
-
-GenerationRequest Greedy(const std::vector<int32_t>& prompt, int n,
-                         const std::string& session = "") {
-  GenerationRequest req;
-  req.prompt = prompt;
-  req.max_new_tokens = n;
-  req.ignore_eos = true;
-  req.session_id = session;
-  return req;
-}
+using testing::Greedy;
+using testing::RunRequest;
+using Result = testing::RunResult;
 
 std::vector<int32_t> Concat(const std::vector<int32_t>& a,
                             const std::vector<int32_t>& b) {

@@ -559,6 +559,17 @@ void Engine::EndSession(Request* r, GenerationEvent end) {
 // ---------------------------------------------------------------------------
 // Session calls
 
+absl::StatusOr<SessionInfo> Engine::CommitNewSession(SessionSnapshot snap) {
+  DS_ASSIGN_OR_RETURN(CommitStats stats, options_.state_store->Commit(snap, 0));
+  snap.meta.snapshot_seq = stats.snapshot_seq;
+  snap.meta.history_tokens = static_cast<int64_t>(snap.tokens.size());
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.session_commits;
+  }
+  return InfoFromMeta(snap.meta);
+}
+
 absl::StatusOr<SessionInfo> Engine::CreateSession() {
   DS_RETURN_IF_ERROR(CheckSessions());
   const ModelSpec& spec = model_->spec();
@@ -576,13 +587,7 @@ absl::StatusOr<SessionInfo> Engine::CreateSession() {
   meta.created = meta.last_used = clock_->Now();
   SessionSnapshot snap =
       ToSnapshot(empty, spec, options_.kv_page_size, std::move(meta), {});
-  DS_ASSIGN_OR_RETURN(CommitStats stats, options_.state_store->Commit(snap, 0));
-  snap.meta.snapshot_seq = stats.snapshot_seq;
-  {
-    absl::MutexLock lock(&mu_);
-    ++stats_.session_commits;
-  }
-  return InfoFromMeta(snap.meta);
+  return CommitNewSession(std::move(snap));
 }
 
 absl::StatusOr<SessionInfo> Engine::GetSession(absl::string_view id) {
@@ -693,14 +698,7 @@ absl::StatusOr<SessionInfo> Engine::ForkSession(absl::string_view id) {
   DS_ASSIGN_OR_RETURN(SessionSnapshot snap, options_.state_store->Load(id));
   snap.meta.session_id = NewSessionId();
   snap.meta.created = snap.meta.last_used = clock_->Now();
-  DS_ASSIGN_OR_RETURN(CommitStats stats, options_.state_store->Commit(snap, 0));
-  snap.meta.snapshot_seq = stats.snapshot_seq;
-  snap.meta.history_tokens = static_cast<int64_t>(snap.tokens.size());
-  {
-    absl::MutexLock lock(&mu_);
-    ++stats_.session_commits;
-  }
-  return InfoFromMeta(snap.meta);
+  return CommitNewSession(std::move(snap));
 }
 
 absl::Status Engine::DeleteSession(absl::string_view id) {
@@ -741,14 +739,7 @@ absl::StatusOr<SessionInfo> Engine::ImportSession(absl::string_view bytes,
   DS_ASSIGN_OR_RETURN(SessionSnapshot snap,
                       DecodeFlaCache(bytes, model_->spec(),
                                      options_.kv_page_size, std::move(meta)));
-  DS_ASSIGN_OR_RETURN(CommitStats stats, options_.state_store->Commit(snap, 0));
-  snap.meta.snapshot_seq = stats.snapshot_seq;
-  snap.meta.history_tokens = static_cast<int64_t>(snap.tokens.size());
-  {
-    absl::MutexLock lock(&mu_);
-    ++stats_.session_commits;
-  }
-  return InfoFromMeta(snap.meta);
+  return CommitNewSession(std::move(snap));
 }
 
 }  // namespace deltaserve

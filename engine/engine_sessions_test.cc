@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "engine/engine.h"
+#include "engine/engine_test_util.h"
 #include "engine/state_store/in_memory_state_store.h"
 #include "engine/state_store/rocksdb_state_store.h"
 #include "gtest/gtest.h"
@@ -47,39 +48,9 @@ std::unique_ptr<Engine> MakeEngine(StateStore* store,
   return std::move(*engine);
 }
 
-struct Result {
-  std::vector<int32_t> ids;
-  GenerationEvent end;
-};
-
-Result RunRequest(Engine& engine, GenerationRequest req) {
-  Result r;
-  auto stream = engine.Submit(std::move(req));
-  if (!stream.ok()) {
-    r.end.finished = true;
-    r.end.error = stream.status();
-    return r;
-  }
-  GenerationEvent ev;
-  while (true) {
-    EXPECT_TRUE((*stream)->Next(&ev, absl::Seconds(60))) << "stream stalled";
-    if (ev.finished) {
-      r.end = ev;
-      return r;
-    }
-    r.ids.insert(r.ids.end(), ev.token_ids.begin(), ev.token_ids.end());
-  }
-}
-
-GenerationRequest Greedy(const std::vector<int32_t>& prompt, int n,
-                         const std::string& session = "") {
-  GenerationRequest req;
-  req.prompt = prompt;
-  req.max_new_tokens = n;
-  req.ignore_eos = true;
-  req.session_id = session;
-  return req;
-}
+using testing::Greedy;
+using testing::RunRequest;
+using Result = testing::RunResult;
 
 std::vector<int32_t> Concat(std::initializer_list<std::vector<int32_t>> parts) {
   std::vector<int32_t> out;

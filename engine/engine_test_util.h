@@ -1,0 +1,34 @@
+// Helpers shared by the engine's tests: run one request to its end, build a
+// greedy request. Test-only; not thread-safe beyond what Engine is.
+#ifndef DELTASERVE_ENGINE_ENGINE_TEST_UTIL_H_
+#define DELTASERVE_ENGINE_ENGINE_TEST_UTIL_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace deltaserve {
+namespace testing {
+
+// The tokens a request generated and its final event (error included).
+struct RunResult {
+  std::vector<int32_t> ids;
+  GenerationEvent end;
+};
+
+// Submits `req` and reads its stream to the end (a stream silent for 60 s
+// fails the test). A refused submission comes back as a finished event
+// with its error.
+RunResult RunRequest(Engine& engine, GenerationRequest req);
+
+// A greedy request for `n` tokens after `prompt` (EOS ignored), continuing
+// `session` when it is not empty.
+GenerationRequest Greedy(const std::vector<int32_t>& prompt, int n,
+                         const std::string& session = "");
+
+}  // namespace testing
+}  // namespace deltaserve
+
+#endif  // DELTASERVE_ENGINE_ENGINE_TEST_UTIL_H_
