@@ -157,6 +157,26 @@ absl::Status LaunchResult(const char* what) {
 // ---------------------------------------------------------------------------
 // RMSNorm.
 
+// Writes vector i of a normalised row: out = v · inv · (w + w_offset),
+// times silu(z) when gated.
+template <typename T, typename TW, typename TO, int N, bool kGated>
+__device__ __forceinline__ void StoreNormed(const float (&v)[N], float inv,
+                                            float w_offset, const TW* w,
+                                            const T* z, TO* out, int i) {
+  float wv[N];
+  LoadN<N>(w + i * N, wv);
+  float o[N];
+#pragma unroll
+  for (int j = 0; j < N; ++j) o[j] = v[j] * inv * (wv[j] + w_offset);
+  if constexpr (kGated) {
+    float zv[N];
+    LoadN<N>(z + i * N, zv);
+#pragma unroll
+    for (int j = 0; j < N; ++j) o[j] *= Silu(zv[j]);
+  }
+  StoreN<N>(out + i * N, o);
+}
+
 template <typename T, typename TW, typename TO, int N, bool kGated>
 __global__ void RmsNormKernel(const RmsNormArgs a) {
   const int64_t row = blockIdx.x;
@@ -177,19 +197,8 @@ __global__ void RmsNormKernel(const RmsNormArgs a) {
   const float w_offset = a.zero_centered ? 1.0f : 0.0f;
   for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
     float v[N];
-    float wv[N];
     LoadN<N>(x + i * N, v);
-    LoadN<N>(w + i * N, wv);
-    float o[N];
-#pragma unroll
-    for (int j = 0; j < N; ++j) o[j] = v[j] * inv * (wv[j] + w_offset);
-    if constexpr (kGated) {
-      float zv[N];
-      LoadN<N>(z + i * N, zv);
-#pragma unroll
-      for (int j = 0; j < N; ++j) o[j] *= Silu(zv[j]);
-    }
-    StoreN<N>(out + i * N, o);
+    StoreNormed<T, TW, TO, N, kGated>(v, inv, w_offset, w, z, out, i);
   }
 }
 
@@ -225,18 +234,7 @@ __global__ void RmsNormWarpKernel(const RmsNormArgs a) {
   for (int p = 0; p < kPer; ++p) {
     const int i = lane + 32 * p;
     if (i >= vecs) break;
-    float wv[N];
-    LoadN<N>(w + i * N, wv);
-    float o[N];
-#pragma unroll
-    for (int j = 0; j < N; ++j) o[j] = v[p][j] * inv * (wv[j] + w_offset);
-    if constexpr (kGated) {
-      float zv[N];
-      LoadN<N>(z + i * N, zv);
-#pragma unroll
-      for (int j = 0; j < N; ++j) o[j] *= Silu(zv[j]);
-    }
-    StoreN<N>(out + i * N, o);
+    StoreNormed<T, TW, TO, N, kGated>(v[p], inv, w_offset, w, z, out, i);
   }
 }
 

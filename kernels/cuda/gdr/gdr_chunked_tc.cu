@@ -178,19 +178,40 @@ __device__ __forceinline__ void MmaTile(const bf16* a, int lda, int r0,
   }
 }
 
+// A lane's kE consecutive bf16 elements of a row, as one access.
+template <int kE>
+using LaneVec = typename std::conditional<
+    kE == 4, uint2,
+    typename std::conditional<kE == 2, uint32_t, uint16_t>::type>::type;
+
+// Scales a row held by a warp (lane l: elements [l kE, (l + 1) kE)) by
+// `mul` and, when l2norm, by 1 / ‖row‖, computed in fp32.
+template <int kE>
+__device__ __forceinline__ void ScaleRow(bool l2norm, float mul,
+                                         bf16 (&xv)[kE]) {
+  float f[kE];
+  float ss = 0.0f;
+#pragma unroll
+  for (int e = 0; e < kE; ++e) {
+    f[e] = __bfloat162float(xv[e]);
+    ss += f[e] * f[e];
+  }
+  float m = mul;
+  if (l2norm) m *= rsqrtf(WarpSum(ss) + 1e-6f);
+#pragma unroll
+  for (int e = 0; e < kE; ++e) xv[e] = __float2bfloat16_rn(f[e] * m);
+}
+
 // Loads rows [0, kC) of a chunk of bf16 q or k (zero past n) into x
-// [kC][ld] as bf16, multiplied by `mul` and, when l2norm_qk, by 1 / ‖row‖
-// (in fp32). One warp per row; lane l holds elements [l kE, (l + 1) kE),
-// read as one vector when the rows allow it.
+// [kC][ld] as bf16, scaled as ScaleRow does (l2norm_qk). One warp per row,
+// read a lane's elements at a time when the rows allow it.
 template <int kK>
 __device__ __forceinline__ void LoadRowsBf16(const GdrArgs& a, const bf16* p,
                                              int64_t stride, int64_t c0, int n,
                                              float mul, bf16* x, int ld) {
   constexpr int kE = kK / 32;
   static_assert(kE == 1 || kE == 2 || kE == 4, "K is 32, 64 or 128");
-  using Vec = typename std::conditional<
-      kE == 4, uint2,
-      typename std::conditional<kE == 2, uint32_t, uint16_t>::type>::type;
+  using Vec = LaneVec<kE>;
   const int lane = Lane();
   const int warp = threadIdx.x / 32;
   const bool vec =
@@ -209,17 +230,7 @@ __device__ __forceinline__ void LoadRowsBf16(const GdrArgs& a, const bf16* p,
 #pragma unroll
       for (int e = 0; e < kE; ++e) xv[e] = __float2bfloat16_rn(0.0f);
     }
-    float f[kE];
-    float ss = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kE; ++e) {
-      f[e] = __bfloat162float(xv[e]);
-      ss += f[e] * f[e];
-    }
-    float m = mul;
-    if (a.l2norm_qk) m *= rsqrtf(WarpSum(ss) + 1e-6f);
-#pragma unroll
-    for (int e = 0; e < kE; ++e) xv[e] = __float2bfloat16_rn(f[e] * m);
+    ScaleRow<kE>(a.l2norm_qk, mul, xv);
     *reinterpret_cast<Vec*>(x + i * ld + lane * kE) =
         *reinterpret_cast<const Vec*>(xv);
   }
@@ -246,32 +257,20 @@ __device__ __forceinline__ void CopyRowsAsync(const bf16* p, int64_t stride,
   }
 }
 
-// Scales the rows of x [kC][ld] in place as LoadRowsBf16 does: by `mul`
-// and, when l2norm, by 1 / ‖row‖ computed in fp32 (zero rows stay zero).
+// Scales the rows of x [kC][ld] in place as LoadRowsBf16 does (zero rows
+// stay zero).
 template <int kK>
 __device__ __forceinline__ void ScaleRows(bool l2norm, float mul, bf16* x,
                                           int ld) {
   if (!l2norm && mul == 1.0f) return;
   constexpr int kE = kK / 32;
-  using Vec = typename std::conditional<
-      kE == 4, uint2,
-      typename std::conditional<kE == 2, uint32_t, uint16_t>::type>::type;
+  using Vec = LaneVec<kE>;
   const int lane = Lane();
   for (int i = threadIdx.x / 32; i < kC; i += kWarps) {
     bf16 xv[kE];
     *reinterpret_cast<Vec*>(xv) =
         *reinterpret_cast<const Vec*>(x + i * ld + lane * kE);
-    float f[kE];
-    float ss = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kE; ++e) {
-      f[e] = __bfloat162float(xv[e]);
-      ss += f[e] * f[e];
-    }
-    float m = mul;
-    if (l2norm) m *= rsqrtf(WarpSum(ss) + 1e-6f);
-#pragma unroll
-    for (int e = 0; e < kE; ++e) xv[e] = __float2bfloat16_rn(f[e] * m);
+    ScaleRow<kE>(l2norm, mul, xv);
     *reinterpret_cast<Vec*>(x + i * ld + lane * kE) =
         *reinterpret_cast<const Vec*>(xv);
   }
