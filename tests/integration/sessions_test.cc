@@ -72,7 +72,9 @@ TEST(SessionsTest, RecallOf32FactsSurvivesPauseAndRestart) {
     request.mutable_sampling()->add_stop("\n");
     Generation g = Generate(r.inference.get(), request);
     EXPECT_TRUE(g.status.ok()) << g.status.error_message();
-    if (!fork_id.empty()) EXPECT_TRUE(Delete(r.sessions.get(), fork_id).ok());
+    if (!fork_id.empty()) {
+      EXPECT_TRUE(Delete(r.sessions.get(), fork_id).ok());
+    }
     return g.text();
   };
 
