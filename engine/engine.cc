@@ -278,6 +278,9 @@ absl::StatusOr<std::shared_ptr<GenerationStream>> Engine::Submit(
     absl::MutexLock lock(&mu_);
     if (shutdown_) {
       queued = absl::UnavailableError("server is shutting down");
+    } else if (draining_) {
+      queued = absl::UnavailableError(
+          "server is draining: it admits no new requests");
     } else if (static_cast<int>(queue_.size()) + num_waiting_ >=
                options_.max_queued_requests) {
       queued = absl::ResourceExhaustedError(
@@ -304,6 +307,28 @@ absl::StatusOr<std::shared_ptr<GenerationStream>> Engine::Submit(
     return queued;
   }
   return stream;
+}
+
+absl::Status Engine::CheckAdmitting() const {
+  absl::MutexLock lock(&mu_);
+  if (draining_ || shutdown_) {
+    return absl::UnavailableError(
+        "server is draining: it admits no new requests");
+  }
+  return absl::OkStatus();
+}
+
+void Engine::StopAdmitting() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
+bool Engine::WaitUntilIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return queue_.empty() && num_owned_ == 0;
+  };
+  return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
 }
 
 void Engine::Shutdown() {

@@ -190,6 +190,16 @@ class Engine {
   // commit. Idempotent.
   void Shutdown();
 
+  // A graceful drain is StopAdmitting, WaitUntilIdle, then Shutdown. From
+  // StopAdmitting on, Submit (so Generate and Append) and the calls that
+  // create sessions (CreateSession, ForkSession, ImportSession) return
+  // UNAVAILABLE ("draining"); admitted requests run on to their end, each
+  // committing its session as always. Idempotent; thread-safe.
+  void StopAdmitting();
+  // Blocks until no admitted request is queued or running, or `timeout`
+  // has passed (real time); true when the engine is idle.
+  bool WaitUntilIdle(absl::Duration timeout);
+
   // Sessions (need Options::state_store; else FAILED_PRECONDITION). Every
   // call naming a session returns INVALID_ARGUMENT for a malformed id,
   // NOT_FOUND for an unknown one and DATA_LOSS when its stored state fails
@@ -288,6 +298,8 @@ class Engine {
 
   // Session table.
   absl::Status CheckSessions() const;
+  // UNAVAILABLE once StopAdmitting has been called.
+  absl::Status CheckAdmitting() const;
   std::string NewSessionId();
   // Marks the session busy for the caller (loading its metadata when it is
   // not in memory); an idle session in memory is claimed only while idle
@@ -340,6 +352,7 @@ class Engine {
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Request>> queue_ ABSL_GUARDED_BY(mu_);
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex join_mu_;  // serialises Shutdown's join
   uint64_t seed_state_ ABSL_GUARDED_BY(mu_);
   // Requests the engine thread owns (in the scheduler's queue or running).

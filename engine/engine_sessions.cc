@@ -572,6 +572,7 @@ absl::StatusOr<SessionInfo> Engine::CommitNewSession(SessionSnapshot snap) {
 
 absl::StatusOr<SessionInfo> Engine::CreateSession() {
   DS_RETURN_IF_ERROR(CheckSessions());
+  DS_RETURN_IF_ERROR(CheckAdmitting());
   const ModelSpec& spec = model_->spec();
   const std::vector<LayerLayout> layout = SessionLayout(spec);
   SavedSequence empty;
@@ -694,6 +695,7 @@ absl::StatusOr<SessionInfo> Engine::ResumeSession(absl::string_view id) {
 
 absl::StatusOr<SessionInfo> Engine::ForkSession(absl::string_view id) {
   DS_RETURN_IF_ERROR(CheckSessions());
+  DS_RETURN_IF_ERROR(CheckAdmitting());
   DS_RETURN_IF_ERROR(ValidateSessionId(id));
   DS_ASSIGN_OR_RETURN(SessionSnapshot snap, options_.state_store->Load(id));
   snap.meta.session_id = NewSessionId();
@@ -713,6 +715,7 @@ absl::Status Engine::DeleteSession(absl::string_view id) {
 absl::StatusOr<std::string> Engine::ExportSession(absl::string_view id,
                                                   SessionFormat format) {
   DS_RETURN_IF_ERROR(CheckSessions());
+  DS_RETURN_IF_ERROR(CheckAdmitting());
   if (format == SessionFormat::kDeltaserve) {
     return options_.state_store->Export(id);
   }

@@ -112,6 +112,65 @@ TEST(EngineSessionsTest, TwoTurnsMatchOneUninterruptedRequest) {
   EXPECT_EQ(t2.ids, Ref().out2);
 }
 
+// A graceful drain: admitted requests run to their end and commit their
+// sessions; new work is refused with UNAVAILABLE; reading calls still work.
+TEST(EngineSessionsTest, DrainFinishesAdmittedRequestsAndRefusesNewOnes) {
+  InMemoryStateStore store;
+  auto engine = MakeEngine(&store);
+  const std::string id = NewSession(*engine);
+  constexpr int kTokens = 200;
+  auto stream = engine->Submit(Greedy(Ref().a, kTokens, id));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  GenerationEvent ev;
+  ASSERT_TRUE((*stream)->Next(&ev, absl::Seconds(60)));
+  std::vector<int32_t> ids = ev.token_ids;
+
+  engine->StopAdmitting();
+  EXPECT_EQ(engine->Submit(Greedy(Ref().b, 4)).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(engine->CreateSession().status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(engine->ForkSession(id).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(engine->GetSession(id).ok());
+
+  while (!ev.finished) {
+    ASSERT_TRUE((*stream)->Next(&ev, absl::Seconds(60))) << "stream stalled";
+    ids.insert(ids.end(), ev.token_ids.begin(), ev.token_ids.end());
+  }
+  ASSERT_TRUE(ev.error.ok()) << ev.error;
+  EXPECT_EQ(ev.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kTokens));
+  EXPECT_TRUE(engine->WaitUntilIdle(absl::Seconds(60)));
+  engine->Shutdown();
+  absl::StatusOr<SessionSnapshot> snap = store.Load(id);
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  EXPECT_EQ(snap->tokens, Concat({Ref().a, ids}));
+}
+
+// A drain whose deadline passes: WaitUntilIdle says so, and Shutdown ends
+// the request with what it fed committed.
+TEST(EngineSessionsTest, DrainDeadlineCancelsAndCommits) {
+  InMemoryStateStore store;
+  auto engine = MakeEngine(&store);
+  const std::string id = NewSession(*engine);
+  auto stream = engine->Submit(Greedy(Ref().a, 3000, id));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  GenerationEvent ev;
+  ASSERT_TRUE((*stream)->Next(&ev, absl::Seconds(60)));
+  engine->StopAdmitting();
+  EXPECT_FALSE(engine->WaitUntilIdle(absl::Milliseconds(1)));
+  engine->Shutdown();
+  while (!ev.finished) {
+    ASSERT_TRUE((*stream)->Next(&ev, absl::Seconds(60))) << "stream stalled";
+  }
+  EXPECT_EQ(ev.finish_reason, FinishReason::kCancelled);
+  absl::StatusOr<SessionSnapshot> snap = store.Load(id);
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  EXPECT_EQ(static_cast<int64_t>(snap->tokens.size()), ev.session_tokens);
+  EXPECT_TRUE(engine->WaitUntilIdle(absl::Milliseconds(1)));
+}
+
 TEST(EngineSessionsTest, PauseRestartResumeForkExportImport) {
   const std::string dir =
       std::string(std::getenv("TEST_TMPDIR")) + "/pause_restart";

@@ -1,4 +1,5 @@
-// deltaserve-server: serves one model over gRPC until SIGINT or SIGTERM.
+// deltaserve-server: serves one model over gRPC until SIGINT or SIGTERM,
+// then drains (see --drain_timeout) and exits 0.
 //
 //   deltaserve-server [--model=DIR] [--listen=HOST:PORT]
 //                     [--device=cpu|cuda [--gpus=1] [--cuda_graphs]]
@@ -59,6 +60,10 @@ ABSL_FLAG(int64_t, max_batched_tokens,
           "Tokens fed per engine step over all requests (decode tokens plus "
           "prefill chunks); at least max_running_requests.");
 ABSL_FLAG(int, threads, 0, "CPU kernel threads; 0 keeps the default.");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
+          "On SIGTERM or SIGINT: how long running generations may go on "
+          "(new requests get UNAVAILABLE) before the rest are cancelled and "
+          "the server exits; every session stays committed.");
 ABSL_FLAG(std::string, state_dir, "deltaserve-state",
           "RocksDB directory where sessions are kept (created if missing; "
           "relative to the working directory). Empty disables sessions.");
@@ -178,9 +183,18 @@ int Run(int argc, char** argv) {
   int signal_number = 0;
   while (sigwait(&signals, &signal_number) != 0) {
   }
-  absl::FPrintF(stderr, "deltaserve-server: %s, shutting down\n",
-                signal_number == SIGINT ? "SIGINT" : "SIGTERM");
-  (*server)->Shutdown();
+  const absl::Duration drain = absl::GetFlag(FLAGS_drain_timeout);
+  absl::FPrintF(stderr,
+                "deltaserve-server: %s, draining (up to %s), then shutting "
+                "down\n",
+                signal_number == SIGINT ? "SIGINT" : "SIGTERM",
+                absl::FormatDuration(drain));
+  if (!(*server)->Drain(drain)) {
+    absl::FPrintF(stderr,
+                  "deltaserve-server: drain deadline passed; generations "
+                  "still running were cancelled (their sessions are "
+                  "committed)\n");
+  }
   (*server)->Wait();
   server->reset();
   return 0;

@@ -135,6 +135,19 @@ void Server::Shutdown() {
   grpc_server_->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
 }
 
+bool Server::Drain(absl::Duration timeout) {
+  if (grpc_server_ != nullptr) {
+    if (grpc::HealthCheckServiceInterface* health =
+            grpc_server_->GetHealthCheckService()) {
+      health->SetServingStatus(false);
+    }
+  }
+  engine_->StopAdmitting();
+  const bool idle = engine_->WaitUntilIdle(timeout);
+  Shutdown();
+  return idle;
+}
+
 void Server::Wait() {
   if (grpc_server_ != nullptr) grpc_server_->Wait();
 }

@@ -12,6 +12,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "engine/engine.h"
 #include "engine/model/model.h"
 
@@ -88,6 +89,14 @@ class Server {
   // and then shuts the gRPC server down, cancelling calls still open after a
   // short grace period. Idempotent.
   void Shutdown();
+  // Graceful drain (what SIGTERM does): health checks turn NOT_SERVING,
+  // new generations, appends and new sessions get UNAVAILABLE, admitted
+  // generations run on to their end for up to `timeout`, then Shutdown()
+  // (what still runs ends with FINISH_REASON_CANCELLED, its session
+  // committed with what it fed). Sessions are committed after every call,
+  // so when it returns every session's state is on disk. True when every
+  // admitted generation ended by itself. Idempotent.
+  bool Drain(absl::Duration timeout);
   // Blocks until the gRPC server has shut down.
   void Wait();
 

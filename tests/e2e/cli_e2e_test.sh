@@ -1,6 +1,7 @@
 #!/bin/bash
 # Starts deltaserve-server (its embedded demo model, a free port), drives it
-# with deltaserve-cli, then stops it with SIGTERM and checks a clean exit.
+# with deltaserve-cli, then stops it with SIGTERM during a generation and
+# checks that the generation ends normally and the server exits cleanly.
 # Every wait has a deadline, so the test fails rather than hangs.
 set -uo pipefail
 
@@ -65,10 +66,25 @@ grep -q "^error: INVALID_ARGUMENT: .*top_p" "${WORK}/bad.err" ||
 cli generate --prompt="x" --max_new_tokens=2 >/dev/null 2>"${WORK}/after.err" ||
   fail "generate after a bad request: $(cat "${WORK}/after.err")"
 
-# SIGTERM: a clean shutdown, exit status 0, within a deadline.
+# SIGTERM while a generation streams: the server drains (the stream ends
+# normally with every token), then exits 0 within a deadline.
+cli generate --prompt="x" --max_new_tokens=1000 --ignore_eos --verbose \
+  >"${WORK}/long.out" 2>"${WORK}/long.err" &
+gen_pid=$!
+for _ in $(seq 1 600); do # until the first text arrives (up to 60 s)
+  [[ -s "${WORK}/long.out" ]] && break
+  sleep 0.1
+done
+[[ -s "${WORK}/long.out" ]] || fail "the long generation never streamed"
 stop_server
-grep -q "SIGTERM, shutting down" "${WORK}/server.err" ||
-  fail "no shutdown message from the server"
+wait "${gen_pid}"
+rc=$?
+[[ ${rc} -eq 0 ]] ||
+  fail "generate across the drain exited ${rc}: $(cat "${WORK}/long.err")"
+grep -q "finish_reason=length .*completion_tokens=1000" "${WORK}/long.err" ||
+  fail "generate across the drain: $(cat "${WORK}/long.err")"
+grep -q "SIGTERM, draining" "${WORK}/server.err" ||
+  fail "no drain message from the server"
 
 # With the server gone, a call fails with UNAVAILABLE.
 cli health >/dev/null 2>"${WORK}/gone.err"

@@ -1,20 +1,23 @@
 // Sessions over gRPC against in-process servers on a real RocksDB
 // directory: recall of facts across a pause and a server restart, the error
 // codes of bad calls (unknown and malformed ids, a damaged stored record,
-// tampered and foreign imports), and export and import in fla's cache
-// layout. A full disk: full_disk_test.cc.
+// tampered and foreign imports), export and import in fla's cache layout,
+// and a graceful drain. A full disk: full_disk_test.cc.
 #include <cstring>
 #include <filesystem>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/model/safetensors.h"
 #include "engine/model/tokenizer.h"
 #include "engine/state_store/rocksdb_state_store.h"
+#include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "proto/deltaserve/v1/sessions.grpc.pb.h"
+#include "proto/grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/session_test_util.h"
 #include "tests/integration/test_util.h"
 
@@ -243,6 +246,86 @@ std::vector<int32_t> I64s(const TensorEntry& e) {
 // with the reference's greedy tokens, an export imported continues as its
 // session, bad files and formats get their codes and store nothing, and a
 // model type without an fla layout is refused.
+// What SIGTERM does: while a session's long generation streams, the drain
+// turns health NOT_SERVING and refuses new work with UNAVAILABLE; the
+// stream still ends normally with every token, and after a restart the
+// session holds exactly what the client received.
+TEST(SessionsTest, DrainFinishesStreamsRefusesNewWorkAndLosesNoSession) {
+  const std::string state = TempDir("drain");
+  const std::vector<int32_t> prompt = {5, 6, 7, 8, 9, 10, 11, 12};
+  constexpr int kTokens = 400;
+  std::string id;
+  {
+    Running a = Start(kDemoDir, state);
+    ASSERT_NE(a.server, nullptr);
+    absl::StatusOr<v1::Session> s = Create(a.sessions.get());
+    ASSERT_TRUE(s.ok()) << s.status();
+    id = s->session_id();
+
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    v1::GenerateRequest request = IdsRequest(prompt, kTokens);
+    request.set_session_id(id);
+    request.mutable_sampling()->set_ignore_eos(true);
+    std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
+        a.inference->Generate(&context, request);
+    std::vector<int32_t> ids;
+    v1::GenerateResponse response;
+    auto take = [&](const v1::GenerateResponse& r) {
+      if (r.has_chunk()) {
+        ids.insert(ids.end(), r.chunk().token_ids().begin(),
+                   r.chunk().token_ids().end());
+      }
+    };
+    ASSERT_TRUE(reader->Read(&response));  // admitted and running
+    take(response);
+
+    bool drained_idle = false;
+    std::thread drain(
+        [&] { drained_idle = a.server->Drain(absl::Seconds(60)); });
+    auto health = grpc::health::v1::Health::NewStub(grpc::CreateChannel(
+        a.server->address(), grpc::InsecureChannelCredentials()));
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          grpc::ClientContext c;
+          SetDeadline(&c, absl::Seconds(5));
+          grpc::health::v1::HealthCheckRequest req;
+          grpc::health::v1::HealthCheckResponse resp;
+          const grpc::Status st = health->Check(&c, req, &resp);
+          return !st.ok() || resp.status() !=
+                                 grpc::health::v1::HealthCheckResponse::SERVING;
+        },
+        absl::Seconds(30)));
+    EXPECT_EQ(
+        Generate(a.inference.get(), IdsRequest(prompt, 4)).status.error_code(),
+        grpc::StatusCode::UNAVAILABLE);
+    EXPECT_EQ(Create(a.sessions.get()).status().code(),
+              absl::StatusCode::kUnavailable);
+
+    bool completed = false;
+    while (reader->Read(&response)) {
+      take(response);
+      if (response.has_completion()) {
+        completed = true;
+        EXPECT_EQ(response.completion().finish_reason(),
+                  v1::FINISH_REASON_LENGTH);
+      }
+    }
+    const grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_TRUE(completed);
+    EXPECT_EQ(ids.size(), static_cast<size_t>(kTokens));
+    drain.join();
+    EXPECT_TRUE(drained_idle);
+    a.server->Wait();
+  }
+  Running b = Start(kDemoDir, state);
+  ASSERT_NE(b.server, nullptr);
+  v1::Session after;
+  ASSERT_TRUE(Get(b.sessions.get(), id, &after).ok());
+  EXPECT_EQ(after.num_tokens(), static_cast<int64_t>(prompt.size()) + kTokens);
+}
+
 TEST(SessionsTest, FlaCacheExportAndImport) {
   Running a = Start(kGatedDir, TempDir("fla_cache"));
   ASSERT_NE(a.server, nullptr);
