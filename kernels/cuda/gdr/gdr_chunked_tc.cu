@@ -15,8 +15,8 @@
 // passing bf16 tiles through a workspace allocated on the stream
 // (about 2 (2 kC K + kC V + K V) bytes per chunk and value head):
 //  1. Prep, one block per (chunk, value head), all chunks in parallel: the
-//     normalised keys, A (tensor cores), T by forward substitution (one
-//     column per thread), then W, U (tensor cores) and K' out.
+//     normalised keys, A (tensor cores), T by forward substitution (a
+//     column per thread pair), then W, U (tensor cores) and K' out.
 //  2. State, one block per (sequence, value head, 16 to 64 value columns),
 //     walking the sequence's chunks in order: the state lives in mma
 //     accumulators; per chunk it is stored (bf16) as the chunk-start state,
@@ -379,25 +379,36 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // T = (I + A)⁻¹ by forward substitution, column j on thread j: once x_m
-  // is final it is subtracted from every later row, so the dependent chain
-  // is kC long, not kC² / 2. The columns are then scaled by βγ and β.
-  if (tid < kC) {
-    const int j = tid;
-    float x[kC];
+  // T = (I + A)⁻¹ by forward substitution, column j on the thread pair
+  // 2j, 2j + 1, which holds its even and odd rows: once x_m is final its
+  // owner passes it to the other (a shuffle) and both subtract it from
+  // their later rows, so the dependent chain is kC steps long, not
+  // kC² / 2. (A is strictly lower, so updating rows i ≤ m changes
+  // nothing.) The columns are then scaled by βγ and β.
+  static_assert(kThreads == 2 * kC, "a thread pair per column of T");
+  {
+    const int j = tid / 2;
+    const int par = tid % 2;
+    const int pair = Lane() & ~1;
+    float x[kC / 2];  // x[r] is row 2r + par of column j
 #pragma unroll
-    for (int i = 0; i < kC; ++i) x[i] = i == j ? 1.0f : 0.0f;
+    for (int r = 0; r < kC / 2; ++r) x[r] = 2 * r + par == j ? 1.0f : 0.0f;
 #pragma unroll
     for (int m = 0; m < kC; ++m) {
+      const float xm = __shfl_sync(0xffffffffu, x[m / 2], pair | (m % 2));
+      const float* col = am + par * L::kLdA + m;
 #pragma unroll
-      for (int i = m + 1; i < kC; ++i) x[i] -= am[i * L::kLdA + m] * x[m];
+      for (int r = m / 2; r < kC / 2; ++r) {
+        x[r] -= col[2 * r * L::kLdA] * xm;
+      }
     }
     const float bj = bet[j];
     const float bgj = bj * __expf(gcum[j]);
 #pragma unroll
-    for (int i = 0; i < kC; ++i) {
-      tw[i * Ld(kC) + j] = __float2bfloat16_rn(x[i] * bgj);
-      tu[i * Ld(kC) + j] = __float2bfloat16_rn(x[i] * bj);
+    for (int r = 0; r < kC / 2; ++r) {
+      const int i = 2 * r + par;
+      tw[i * Ld(kC) + j] = __float2bfloat16_rn(x[r] * bgj);
+      tu[i * Ld(kC) + j] = __float2bfloat16_rn(x[r] * bj);
     }
   }
   __syncthreads();
