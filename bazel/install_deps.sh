@@ -17,6 +17,7 @@ PACKAGES=(
   libabsl-dev
   librocksdb-dev
   prometheus-cpp-dev
+  prometheus
   nlohmann-json3-dev
   libopenblas-dev
   libre2-dev

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/engine_internal.h"
+#include "engine/metrics/metrics.h"
 #include "engine/model/tokenizer.h"
 #include "engine/runner/model_runner.h"
 #include "engine/scheduler/scheduler.h"
@@ -109,6 +110,7 @@ Engine::Engine(const Model* model, std::unique_ptr<Kernels> kernels,
       kernels_(std::move(kernels)),
       options_(options),
       clock_(options.clock != nullptr ? options.clock : RealClock::Get()),
+      metrics_(options.metrics),
       seed_state_(options.seed),
       in_(std::make_unique<Internals>()) {}
 
@@ -157,12 +159,33 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
                                ? ModelFingerprint(*model)
                                : options.model_fingerprint;
   }
+  if (options.metrics != nullptr && options.state_store != nullptr) {
+    // The sessions already stored (damaged ones count, with no bytes).
+    ListOptions list;
+    list.limit = 10000;
+    do {
+      DS_ASSIGN_OR_RETURN(ListResult page, options.state_store->List(list));
+      int64_t bytes = 0;
+      for (const SessionMeta& meta : page.sessions) bytes += meta.state_bytes();
+      engine->NoteStored(static_cast<int64_t>(page.sessions.size() +
+                                              page.damaged_session_ids.size()),
+                         bytes);
+      list.page_token = std::move(page.next_page_token);
+    } while (!list.page_token.empty());
+    options.metrics->SetSessionSource(
+        [e = engine.get()] { return e->CollectSessionUsage(); });
+  }
   engine->committer_ = std::make_unique<Committer>();
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }
 
-Engine::~Engine() { Shutdown(); }
+Engine::~Engine() {
+  if (metrics_ != nullptr && options_.state_store != nullptr) {
+    metrics_->SetSessionSource({});
+  }
+  Shutdown();
+}
 
 int64_t Engine::kv_bytes_per_token() const {
   return model_->spec().KvBytesPerToken() / 4 *
@@ -338,7 +361,7 @@ void Engine::Shutdown() {
   }
   absl::MutexLock join_lock(&join_mu_);
   if (thread_.joinable()) thread_.join();
-  committer_->Stop();
+  if (committer_ != nullptr) committer_->Stop();  // null: Create failed
 }
 
 void Engine::Loop() {
@@ -381,6 +404,7 @@ void Engine::Loop() {
     GenerationEvent ev;
     ev.finished = true;
     ev.error = absl::UnavailableError("server is shutting down");
+    RecordEnd(r->arrival, ev);
     r->stream->Push(std::move(ev));
   }
   for (auto& r : in_->owned) {
@@ -479,6 +503,8 @@ void Engine::Fail(Request* r, const absl::Status& status) {
 }
 
 void Engine::Finish(Request* r, FinishReason reason) {
+  // An append that ends by itself has fed its whole input.
+  if (r->req.append_only && reason == FinishReason::kStop) CountPrompt(r);
   GenerationEvent ev;
   ev.finished = true;
   ev.finish_reason = reason;
@@ -495,7 +521,39 @@ void Engine::End(Request* r, GenerationEvent end) {
     return;
   }
   Release(r);  // before the last event, so consumers see the freed state
+  RecordEnd(r->arrival, end);
   r->stream->Push(std::move(end));
+}
+
+void Engine::MarkScheduled(Request* r) {
+  if (metrics_ == nullptr || r->scheduled) return;
+  r->scheduled = true;
+  metrics_->ObserveQueueTime(clock_->Now() - r->arrival);
+}
+
+void Engine::CountPrompt(Request* r) {
+  if (metrics_ == nullptr || r->prompt_counted) return;
+  r->prompt_counted = true;
+  metrics_->AddPromptTokens(r->input_len);
+}
+
+void Engine::RecordEnd(absl::Time arrival, const GenerationEvent& end) {
+  if (metrics_ == nullptr) return;
+  RequestOutcome outcome = RequestOutcome::kError;
+  if (end.error.ok()) {
+    switch (end.finish_reason) {
+      case FinishReason::kStop:
+        outcome = RequestOutcome::kStop;
+        break;
+      case FinishReason::kLength:
+        outcome = RequestOutcome::kLength;
+        break;
+      case FinishReason::kCancelled:
+        outcome = RequestOutcome::kCancelled;
+        break;
+    }
+  }
+  metrics_->RequestFinished(outcome, clock_->Now() - arrival);
 }
 
 namespace {
@@ -528,9 +586,20 @@ void Engine::HandleSampled(Request* r, const float* logits,
   } else {
     s.token = device_token;
   }
+  const absl::Time now = clock_->Now();
   if (r->num_generated == 0) {
-    r->ttft_s = absl::ToDoubleSeconds(clock_->Now() - r->arrival);
+    r->ttft_s = absl::ToDoubleSeconds(now - r->arrival);
   }
+  if (metrics_ != nullptr) {
+    if (r->num_generated == 0) {
+      metrics_->ObserveTimeToFirstToken(now - r->arrival);
+      CountPrompt(r);
+    } else {
+      metrics_->ObserveInterTokenLatency(now - r->last_token);
+    }
+    metrics_->AddGenerationTokens(1);
+  }
+  r->last_token = now;
   ++r->num_generated;
   r->next_input = s.token;
   r->tokens.push_back(s.token);
@@ -633,6 +702,7 @@ void Engine::Step() {
   for (const StepPlan::Item& item : plan.batch) {
     Request* r = static_cast<Request*>(item.seq);
     if (r->done) continue;
+    MarkScheduled(r);
     SequenceInput in;
     in.slot = r->slot;
     in.start_pos = r->pos;
@@ -724,16 +794,29 @@ void Engine::Step() {
                              [](const auto& r) { return r->done; }),
               owned.end());
   const absl::Duration took = clock_->Now() - start;
-  absl::MutexLock lock(&mu_);
-  num_waiting_ = 0;
-  for (const SchedSeq* s : in_->scheduler->waiting()) {
-    if (s->phase == SchedSeq::Phase::kWaiting) ++num_waiting_;
+  {
+    absl::MutexLock lock(&mu_);
+    num_waiting_ = 0;
+    for (const SchedSeq* s : in_->scheduler->waiting()) {
+      if (s->phase == SchedSeq::Phase::kWaiting) ++num_waiting_;
+    }
+    if (!in_->inputs.empty()) ++stats_.steps;
+    stats_.preemptions += static_cast<int64_t>(plan.preempt.size());
+    stats_.resumes += static_cast<int64_t>(plan.resume.size());
+    stats_.max_step_tokens = std::max(stats_.max_step_tokens, step_tokens);
+    stats_.max_step_time = std::max(stats_.max_step_time, took);
   }
-  if (!in_->inputs.empty()) ++stats_.steps;
-  stats_.preemptions += static_cast<int64_t>(plan.preempt.size());
-  stats_.resumes += static_cast<int64_t>(plan.resume.size());
-  stats_.max_step_tokens = std::max(stats_.max_step_tokens, step_tokens);
-  stats_.max_step_time = std::max(stats_.max_step_time, took);
+  if (metrics_ != nullptr) {
+    // The scheduler gauges last: once they show a step's end, the rest of
+    // its figures are in.
+    if (!in_->inputs.empty()) metrics_->ObserveIterationTokens(step_tokens);
+    metrics_->AddPreemptions(static_cast<int64_t>(plan.preempt.size()));
+    const int64_t pages = pool.num_pages();
+    metrics_->SetSchedulerState(
+        in_->scheduler->num_running(), in_->scheduler->num_waiting(),
+        pages > 0 ? static_cast<double>(pages - pool.free_pages()) / pages
+                  : 0.0);
+  }
 }
 
 }  // namespace deltaserve

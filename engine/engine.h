@@ -34,6 +34,9 @@
 
 namespace deltaserve {
 
+class Metrics;
+struct SessionUsage;
+
 enum class FinishReason { kStop, kLength, kCancelled };
 
 // One generation request, already decoded from the wire.
@@ -169,10 +172,16 @@ class Engine {
     int64_t session_host_cache_bytes = int64_t{1} << 30;
     // Model fingerprint for stored sessions; empty: computed from the model.
     std::string model_fingerprint;
+
+    // Where the engine reports its metrics (engine/metrics); null: nowhere.
+    // Not owned; must outlive the engine. With a state store, Create counts
+    // the stored sessions (one listing) for the sessions{tier="disk"} gauge.
+    Metrics* metrics = nullptr;
   };
 
   // Takes ownership of `kernels`; `model` must outlive the engine. Starts
-  // the engine thread. INVALID_ARGUMENT for bad options.
+  // the engine thread. INVALID_ARGUMENT for bad options; with metrics and a
+  // state store, the store's errors from listing the sessions.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(
       const Model* model, std::unique_ptr<Kernels> kernels,
       const Options& options);
@@ -312,6 +321,11 @@ class Engine {
   SessionInfo InfoLocked(const Session& s) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(sessions_mu_);
   SessionInfo InfoFromMeta(const SessionMeta& meta) const;
+  // ExportSession and ImportSession without their checks and timing.
+  absl::StatusOr<std::string> ExportSessionBytes(absl::string_view session_id,
+                                                 SessionFormat format);
+  absl::StatusOr<SessionInfo> ImportSessionBytes(absl::string_view bytes,
+                                                 SessionFormat format);
   // Commits `snap` as a new session (nothing of it stored before) and
   // returns its info; the state store's errors.
   absl::StatusOr<SessionInfo> CommitNewSession(SessionSnapshot snap);
@@ -344,10 +358,23 @@ class Engine {
   // when none).
   absl::Time NextIdleExpiry() const;
 
+  // Metrics (each does nothing without Options::metrics).
+  // The request's first time in a step's batch: its queue time.
+  void MarkScheduled(Request* r);
+  // The request's whole input is in the state: its prompt tokens.
+  void CountPrompt(Request* r);
+  // Before a request's final event goes out.
+  void RecordEnd(absl::Time arrival, const GenerationEvent& end);
+  // Sessions in the store and their state bytes changed by these amounts.
+  void NoteStored(int64_t sessions, int64_t bytes);
+  // Sessions per tier now (thread-safe; the metrics' session source).
+  SessionUsage CollectSessionUsage() const;
+
   const Model* model_;
   std::unique_ptr<Kernels> kernels_;
   Options options_;
   const Clock* clock_;
+  Metrics* const metrics_;
 
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Request>> queue_ ABSL_GUARDED_BY(mu_);

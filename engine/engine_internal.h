@@ -69,6 +69,9 @@ struct Engine::Request : SchedSeq {
   std::string text;         // decoded text so far
   size_t text_emitted = 0;  // bytes of `text` already streamed
   double ttft_s = 0.0;
+  absl::Time last_token;        // when the latest token was sampled
+  bool scheduled = false;       // queue time recorded
+  bool prompt_counted = false;  // prompt tokens counted
   bool done = false;
   std::optional<SavedSequence> saved;  // state off the device
   // Session requests.
@@ -142,6 +145,10 @@ struct Engine::Internals {
   std::vector<SequenceInput> inputs;
   std::vector<Request*> members;
   std::atomic<int64_t> session_evictions{0};
+  // With metrics: sessions in the store and their state bytes
+  // (SessionMeta::state_bytes), counted at Create and kept up to date.
+  std::atomic<int64_t> stored_sessions{0};
+  std::atomic<int64_t> stored_bytes{0};
 };
 
 }  // namespace deltaserve

@@ -14,6 +14,7 @@
 #include "absl/synchronization/notification.h"
 #include "engine/engine.h"
 #include "engine/engine_internal.h"
+#include "engine/metrics/metrics.h"
 #include "engine/session/fla_cache.h"
 #include "engine/session/session_state.h"
 #include "kernels/status.h"
@@ -382,10 +383,13 @@ void Engine::Preempt(Request* r) {
   }
   snap.meta.snapshot_seq = stats->snapshot_seq;
   snap.meta.history_tokens = history_len;
+  int64_t old_bytes;
   {
     absl::MutexLock lock(&sessions_mu_);
+    old_bytes = s->meta.state_bytes();
     s->meta = snap.meta;
   }
+  NoteStored(0, snap.meta.state_bytes() - old_bytes);
   s->tokens = std::move(snap.tokens);
   r->state_on_disk = true;
   absl::MutexLock lock(&mu_);
@@ -490,6 +494,7 @@ void Engine::EndSession(Request* r, GenerationEvent end) {
     s->loaded = false;
     s->tokens.clear();
     Unclaim(s);
+    RecordEnd(r->arrival, end);
     r->stream->Push(std::move(end));
     return;
   }
@@ -500,6 +505,7 @@ void Engine::EndSession(Request* r, GenerationEvent end) {
     end.session_tokens = s->meta.history_tokens;
     end.session_snapshot_seq = s->meta.snapshot_seq;
     Unclaim(s);
+    RecordEnd(r->arrival, end);
     r->stream->Push(std::move(end));
     return;
   }
@@ -523,16 +529,20 @@ void Engine::EndSession(Request* r, GenerationEvent end) {
   }
   give_back();  // the state stays in memory while it is committed
   committer_->Enqueue([this, s, snap = std::move(snap), unchanged,
-                       end = std::move(end), stream = r->stream]() mutable {
+                       end = std::move(end), stream = r->stream,
+                       arrival = r->arrival]() mutable {
     absl::StatusOr<CommitStats> stats =
         options_.state_store->Commit(snap, unchanged);
     if (stats.ok()) {
       snap.meta.snapshot_seq = stats->snapshot_seq;
       snap.meta.history_tokens = static_cast<int64_t>(snap.tokens.size());
+      int64_t old_bytes;
       {
         absl::MutexLock lock(&sessions_mu_);
+        old_bytes = s->meta.state_bytes();
         s->meta = snap.meta;
       }
+      NoteStored(0, snap.meta.state_bytes() - old_bytes);
       s->tokens = std::move(snap.tokens);
       s->loaded = true;
       end.session_tokens = s->meta.history_tokens;
@@ -552,6 +562,7 @@ void Engine::EndSession(Request* r, GenerationEvent end) {
                        stats.status().message()));
     }
     Unclaim(s);
+    RecordEnd(arrival, end);
     stream->Push(std::move(end));
   });
 }
@@ -563,6 +574,7 @@ absl::StatusOr<SessionInfo> Engine::CommitNewSession(SessionSnapshot snap) {
   DS_ASSIGN_OR_RETURN(CommitStats stats, options_.state_store->Commit(snap, 0));
   snap.meta.snapshot_seq = stats.snapshot_seq;
   snap.meta.history_tokens = static_cast<int64_t>(snap.tokens.size());
+  NoteStored(1, snap.meta.state_bytes());
   {
     absl::MutexLock lock(&mu_);
     ++stats_.session_commits;
@@ -627,17 +639,20 @@ absl::StatusOr<SessionList> Engine::ListSessions(const ListOptions& options) {
 
 absl::StatusOr<SessionInfo> Engine::PauseSession(absl::string_view id) {
   DS_RETURN_IF_ERROR(CheckSessions());
+  const absl::Time start = clock_->Now();
   DS_ASSIGN_OR_RETURN(Session * s, Claim(id, /*allow_damaged=*/false));
   // An idle session's memory always equals its last commit: pausing only
   // frees it.
   if (s->resident()) RunOnEngine([this, s] { FreeState(s, false); });
   SessionInfo info = InfoFromMeta(s->meta);
   Unclaim(s);
+  if (metrics_ != nullptr) metrics_->ObserveSessionPause(clock_->Now() - start);
   return info;
 }
 
 absl::StatusOr<SessionInfo> Engine::ResumeSession(absl::string_view id) {
   DS_RETURN_IF_ERROR(CheckSessions());
+  const absl::Time start = clock_->Now();
   DS_ASSIGN_OR_RETURN(Session * s, Claim(id, /*allow_damaged=*/false));
   absl::Status st = absl::OkStatus();
   if (!s->loaded) {
@@ -690,6 +705,9 @@ absl::StatusOr<SessionInfo> Engine::ResumeSession(absl::string_view id) {
   Unclaim(s);
   if (!st.ok()) return st;
   info.meta.last_used = clock_->Now();
+  if (metrics_ != nullptr) {
+    metrics_->ObserveSessionResume(info.meta.last_used - start);
+  }
   return info;
 }
 
@@ -708,6 +726,7 @@ absl::Status Engine::DeleteSession(absl::string_view id) {
   DS_ASSIGN_OR_RETURN(Session * s, Claim(id, /*allow_damaged=*/true));
   if (s->resident()) RunOnEngine([this, s] { FreeState(s, false); });
   absl::Status st = options_.state_store->Delete(s->id);
+  if (st.ok()) NoteStored(-1, -s->meta.state_bytes());
   Unclaim(s);
   return st;
 }
@@ -716,6 +735,17 @@ absl::StatusOr<std::string> Engine::ExportSession(absl::string_view id,
                                                   SessionFormat format) {
   DS_RETURN_IF_ERROR(CheckSessions());
   DS_RETURN_IF_ERROR(CheckAdmitting());
+  const absl::Time start = clock_->Now();
+  absl::StatusOr<std::string> out = ExportSessionBytes(id, format);
+  if (out.ok() && metrics_ != nullptr) {
+    metrics_->ObserveSessionMigrate(MigrateDirection::kExport,
+                                    clock_->Now() - start);
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> Engine::ExportSessionBytes(absl::string_view id,
+                                                       SessionFormat format) {
   if (format == SessionFormat::kDeltaserve) {
     return options_.state_store->Export(id);
   }
@@ -729,10 +759,22 @@ absl::StatusOr<std::string> Engine::ExportSession(absl::string_view id,
 absl::StatusOr<SessionInfo> Engine::ImportSession(absl::string_view bytes,
                                                   SessionFormat format) {
   DS_RETURN_IF_ERROR(CheckSessions());
+  const absl::Time start = clock_->Now();
+  absl::StatusOr<SessionInfo> info = ImportSessionBytes(bytes, format);
+  if (info.ok() && metrics_ != nullptr) {
+    metrics_->ObserveSessionMigrate(MigrateDirection::kImport,
+                                    clock_->Now() - start);
+  }
+  return info;
+}
+
+absl::StatusOr<SessionInfo> Engine::ImportSessionBytes(absl::string_view bytes,
+                                                       SessionFormat format) {
   if (format == SessionFormat::kDeltaserve) {
     DS_ASSIGN_OR_RETURN(
         SessionMeta meta,
         options_.state_store->Import(bytes, NewSessionId(), fingerprint_));
+    NoteStored(1, meta.state_bytes());
     return InfoFromMeta(meta);
   }
   SessionMeta meta;
@@ -743,6 +785,37 @@ absl::StatusOr<SessionInfo> Engine::ImportSession(absl::string_view bytes,
                       DecodeFlaCache(bytes, model_->spec(),
                                      options_.kv_page_size, std::move(meta)));
   return CommitNewSession(std::move(snap));
+}
+
+// ---------------------------------------------------------------------------
+// Metrics of sessions
+
+void Engine::NoteStored(int64_t sessions, int64_t bytes) {
+  if (metrics_ == nullptr) return;
+  in_->stored_sessions += sessions;
+  in_->stored_bytes += bytes;
+}
+
+SessionUsage Engine::CollectSessionUsage() const {
+  SessionUsage u;
+  {
+    absl::MutexLock lock(&sessions_mu_);
+    for (const auto& [id, s] : sessions_) {
+      if (s->meta.session_id.empty()) continue;  // damaged, being deleted
+      if (s->tier == SessionTier::kDevice) {
+        ++u.device;
+        u.device_bytes += s->meta.state_bytes();
+      } else if (s->tier == SessionTier::kHost) {
+        ++u.host;
+        u.host_bytes += s->meta.state_bytes();
+      }
+    }
+  }
+  // Every session is stored; those only on disk are the rest.
+  u.disk = std::max<int64_t>(0, in_->stored_sessions - u.device - u.host);
+  u.disk_bytes =
+      std::max<int64_t>(0, in_->stored_bytes - u.device_bytes - u.host_bytes);
+  return u;
 }
 
 }  // namespace deltaserve

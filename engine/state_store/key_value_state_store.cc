@@ -6,6 +6,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "kernels/status.h"
 
 namespace deltaserve {
@@ -117,6 +119,66 @@ absl::StatusOr<std::vector<const KvPageRecord*>> PagesToWrite(
 
 }  // namespace
 
+// A read view that adds up the keys and values it hands out and reports
+// them to the observer when it closes.
+class KeyValueStateStore::CountingView final : public ReadView {
+ public:
+  CountingView(std::unique_ptr<ReadView> view, StateStoreObserver* observer)
+      : view_(std::move(view)), observer_(observer) {}
+  ~CountingView() override {
+    if (bytes_ > 0) observer_->OnRead(bytes_);
+  }
+
+  absl::Status Get(
+      Family family, absl::string_view key,
+      absl::FunctionRef<absl::Status(absl::string_view value)> fn) override {
+    return view_->Get(family, key, [&](absl::string_view value) {
+      bytes_ += static_cast<int64_t>(key.size() + value.size());
+      return fn(value);
+    });
+  }
+
+  absl::Status Scan(Family family, absl::string_view begin,
+                    absl::string_view end,
+                    absl::FunctionRef<absl::StatusOr<bool>(
+                        absl::string_view key, absl::string_view value)>
+                        fn) override {
+    return view_->Scan(family, begin, end,
+                       [&](absl::string_view key,
+                           absl::string_view value) -> absl::StatusOr<bool> {
+                         bytes_ +=
+                             static_cast<int64_t>(key.size() + value.size());
+                         return fn(key, value);
+                       });
+  }
+
+ private:
+  std::unique_ptr<ReadView> view_;
+  StateStoreObserver* observer_;
+  int64_t bytes_ = 0;
+};
+
+std::unique_ptr<ReadView> KeyValueStateStore::OpenView() {
+  std::unique_ptr<ReadView> view = NewReadView();
+  StateStoreObserver* observer = observer_.load(std::memory_order_acquire);
+  if (observer == nullptr) return view;
+  return std::make_unique<CountingView>(std::move(view), observer);
+}
+
+absl::Status KeyValueStateStore::Apply(const std::vector<WriteOp>& ops) {
+  StateStoreObserver* observer = observer_.load(std::memory_order_acquire);
+  if (observer == nullptr) return Write(ops);
+  int64_t bytes = 0;
+  for (const WriteOp& op : ops) {
+    bytes += static_cast<int64_t>(op.key.size() + op.end_key.size() +
+                                  op.value.size());
+  }
+  const absl::Time start = absl::Now();
+  DS_RETURN_IF_ERROR(Write(ops));
+  observer->OnWrite(bytes, absl::Now() - start);
+  return absl::OkStatus();
+}
+
 absl::Mutex& KeyValueStateStore::SessionMutex(absl::string_view session_id) {
   const std::string_view id(session_id.data(), session_id.size());
   return session_mutexes_[std::hash<std::string_view>()(id) %
@@ -188,7 +250,7 @@ absl::StatusOr<CommitStats> KeyValueStateStore::CommitLocked(
 
   StoredMeta old;
   {
-    std::unique_ptr<ReadView> view = NewReadView();
+    std::unique_ptr<ReadView> view = OpenView();
     DS_ASSIGN_OR_RETURN(old, ReadMeta(*view, id));
   }  // the view is gone before Write
   if (must_be_new && old.exists) {
@@ -281,7 +343,7 @@ absl::StatusOr<CommitStats> KeyValueStateStore::CommitLocked(
     stats.bytes_written +=
         static_cast<int64_t>(op.key.size() + op.value.size());
   }
-  DS_RETURN_IF_ERROR(Write(ops));
+  DS_RETURN_IF_ERROR(Apply(ops));
   stats.snapshot_seq = meta.snapshot_seq;
   return stats;
 }
@@ -289,7 +351,7 @@ absl::StatusOr<CommitStats> KeyValueStateStore::CommitLocked(
 absl::StatusOr<SessionSnapshot> KeyValueStateStore::Load(
     absl::string_view session_id) {
   DS_RETURN_IF_ERROR(ValidateSessionId(session_id));
-  std::unique_ptr<ReadView> view = NewReadView();
+  std::unique_ptr<ReadView> view = OpenView();
   DS_ASSIGN_OR_RETURN(StoredMeta stored, ReadMeta(*view, session_id));
   if (!stored.exists) return NotFound(session_id);
   DS_RETURN_IF_ERROR(stored.status);
@@ -388,7 +450,7 @@ absl::StatusOr<SessionSnapshot> KeyValueStateStore::Load(
 absl::StatusOr<SessionMeta> KeyValueStateStore::GetMeta(
     absl::string_view session_id) {
   DS_RETURN_IF_ERROR(ValidateSessionId(session_id));
-  std::unique_ptr<ReadView> view = NewReadView();
+  std::unique_ptr<ReadView> view = OpenView();
   DS_ASSIGN_OR_RETURN(StoredMeta stored, ReadMeta(*view, session_id));
   if (!stored.exists) return NotFound(session_id);
   DS_RETURN_IF_ERROR(stored.status);
@@ -411,7 +473,7 @@ absl::StatusOr<ListResult> KeyValueStateStore::List(
   int count = 0;
   std::string last;
   bool more = false;
-  std::unique_ptr<ReadView> view = NewReadView();
+  std::unique_ptr<ReadView> view = OpenView();
   DS_RETURN_IF_ERROR(view->Scan(
       Family::kMeta, begin, "",
       [&](absl::string_view key,
@@ -452,13 +514,13 @@ absl::Status KeyValueStateStore::Delete(absl::string_view session_id) {
   DS_RETURN_IF_ERROR(ValidateSessionId(session_id));
   absl::MutexLock lock(&SessionMutex(session_id));
   {
-    std::unique_ptr<ReadView> view = NewReadView();
+    std::unique_ptr<ReadView> view = OpenView();
     DS_ASSIGN_OR_RETURN(StoredMeta stored, ReadMeta(*view, session_id));
     if (!stored.exists) return NotFound(session_id);
   }
   std::vector<WriteOp> ops;
   DeleteSessionRecords(session_id, &ops);
-  return Write(ops);
+  return Apply(ops);
 }
 
 absl::StatusOr<std::string> KeyValueStateStore::Export(

@@ -7,6 +7,7 @@
 #define DELTASERVE_ENGINE_STATE_STORE_KEY_VALUE_STATE_STORE_H_
 
 #include <array>
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -72,6 +73,11 @@ class KeyValueStateStore : public StateStore {
   absl::Status CorruptForTesting(absl::string_view session_id,
                                  StoredRecord record, Damage damage) override;
 
+  // Reports every write (its bytes and time) and the bytes every read view
+  // read to `observer` (not owned; it must outlive its use); nullptr stops
+  // reporting. May be called at any time. CorruptForTesting is not reported.
+  void SetObserver(StateStoreObserver* observer) { observer_ = observer; }
+
  protected:
   KeyValueStateStore() = default;
 
@@ -90,7 +96,13 @@ class KeyValueStateStore : public StateStore {
     std::optional<SessionMeta> meta;  // when status is OK
   };
 
+  class CountingView;
+
   absl::Mutex& SessionMutex(absl::string_view session_id);
+  // NewReadView(), counting what it reads for the observer (if any).
+  std::unique_ptr<state_store_internal::ReadView> OpenView();
+  // Write(ops), timed and counted for the observer (if any).
+  absl::Status Apply(const std::vector<state_store_internal::WriteOp>& ops);
   // Reads and checks the metadata record of `session_id`. Errors: storage
   // errors only (a damaged record is reported in StoredMeta::status).
   absl::StatusOr<StoredMeta> ReadMeta(state_store_internal::ReadView& view,
@@ -101,6 +113,7 @@ class KeyValueStateStore : public StateStore {
                                            bool must_be_new);
 
   std::array<absl::Mutex, 64> session_mutexes_;
+  std::atomic<StateStoreObserver*> observer_{nullptr};
 };
 
 }  // namespace deltaserve

@@ -2,7 +2,10 @@
 
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <string>
 #include <system_error>
 #include <utility>
 
@@ -13,6 +16,7 @@
 #include "rocksdb/options.h"
 #include "rocksdb/slice.h"
 #include "rocksdb/snapshot.h"
+#include "rocksdb/statistics.h"
 #include "rocksdb/write_batch.h"
 
 namespace deltaserve {
@@ -25,6 +29,7 @@ using state_store_internal::WriteOp;
 
 struct RocksDbStateStore::Db {
   rocksdb::DB* db = nullptr;
+  std::shared_ptr<rocksdb::Statistics> statistics;  // null unless kept
   // handles[0] is the default family (unused); handles[1 + f] is Family f.
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
 
@@ -164,6 +169,11 @@ absl::StatusOr<std::unique_ptr<RocksDbStateStore>> RocksDbStateStore::Create(
   db_options.keep_log_file_num = 4;
   db_options.info_log = std::make_shared<StderrLogger>();
   if (options.env != nullptr) db_options.env = options.env;
+  if (options.statistics) {
+    db_options.statistics = rocksdb::CreateDBStatistics();
+    db_options.statistics->set_stats_level(
+        rocksdb::StatsLevel::kExceptHistogramOrTimers);
+  }
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   families.emplace_back(rocksdb::kDefaultColumnFamilyName, SmallValueOptions());
@@ -175,6 +185,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStateStore>> RocksDbStateStore::Create(
                                                     : SmallValueOptions());
   }
   auto db = std::make_unique<Db>();
+  db->statistics = db_options.statistics;
   const rocksdb::Status s = rocksdb::DB::Open(db_options, options.path,
                                               families, &db->handles, &db->db);
   if (!s.ok()) {
@@ -250,6 +261,56 @@ absl::Status RocksDbStateStore::Flush() {
   std::vector<rocksdb::ColumnFamilyHandle*> handles(db_->handles.begin() + 1,
                                                     db_->handles.end());
   return FromRocksDb(db_->db->Flush(flush_options, handles));
+}
+
+RocksDbStats RocksDbStateStore::GetStats() const {
+  RocksDbStats stats;
+  rocksdb::DB* db = db_->db;
+  using Properties = rocksdb::DB::Properties;
+  // Database-wide figures (any column family answers them), then figures
+  // summed over the column families.
+  auto db_int = [db](const std::string& property, int64_t* out) {
+    uint64_t value = 0;
+    if (db->GetIntProperty(property, &value)) {
+      *out = static_cast<int64_t>(value);
+    }
+  };
+  auto summed = [db](const std::string& property, int64_t* out) {
+    uint64_t value = 0;
+    if (db->GetAggregatedIntProperty(property, &value)) {
+      *out = static_cast<int64_t>(value);
+    }
+  };
+  db_int(Properties::kActualDelayedWriteRate, &stats.actual_delayed_write_rate);
+  db_int(Properties::kIsWriteStopped, &stats.is_write_stopped);
+  db_int(Properties::kNumRunningCompactions, &stats.num_running_compactions);
+  db_int(Properties::kNumRunningFlushes, &stats.num_running_flushes);
+  summed(Properties::kCompactionPending, &stats.compaction_pending);
+  summed(Properties::kEstimatePendingCompactionBytes,
+         &stats.estimate_pending_compaction_bytes);
+  summed(Properties::kLiveSstFilesSize, &stats.live_sst_files_bytes);
+  summed(Properties::kTotalBlobFileSize, &stats.blob_files_bytes);
+  for (rocksdb::ColumnFamilyHandle* cf : db_->handles) {
+    std::map<std::string, std::string> cf_stats;
+    if (!db->GetMapProperty(cf, Properties::kCFStats, &cf_stats)) continue;
+    auto add = [&cf_stats](const char* key, int64_t* out) {
+      auto it = cf_stats.find(key);
+      if (it != cf_stats.end())
+        *out += std::strtoll(it->second.c_str(), nullptr, 10);
+    };
+    add("io_stalls.total_slowdown", &stats.write_slowdowns);
+    add("io_stalls.total_stop", &stats.write_stops);
+  }
+  if (const rocksdb::Statistics* s = db_->statistics.get()) {
+    auto ticker = [s](uint32_t t) {
+      return static_cast<int64_t>(s->getTickerCount(t));
+    };
+    stats.stall_micros = ticker(rocksdb::STALL_MICROS);
+    stats.compaction_read_bytes = ticker(rocksdb::COMPACT_READ_BYTES);
+    stats.compaction_write_bytes = ticker(rocksdb::COMPACT_WRITE_BYTES);
+    stats.flush_write_bytes = ticker(rocksdb::FLUSH_WRITE_BYTES);
+  }
+  return stats;
 }
 
 }  // namespace deltaserve

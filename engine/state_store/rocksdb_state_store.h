@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/state_store/key_value_state_store.h"
+#include "engine/state_store/rocksdb_stats.h"
 
 namespace rocksdb {
 class Env;
@@ -41,6 +42,10 @@ class RocksDbStateStore final : public KeyValueStateStore {
     // written to blob files instead of SST files (flushes and compactions
     // then move only keys and blob references).
     int64_t min_blob_bytes = 4096;
+    // Keep RocksDB's statistics (tickers only, no histograms or timers), so
+    // that GetStats reports stall time and compaction bytes; off, those
+    // counters stay 0.
+    bool statistics = false;
     // Test hook: the RocksDB Env to use (e.g. one whose file system injects
     // errors); nullptr: the default. Not owned; must outlive the store.
     rocksdb::Env* env = nullptr;
@@ -58,6 +63,10 @@ class RocksDbStateStore final : public KeyValueStateStore {
   // Flushes every memtable to files (benchmarks and tests use it to read
   // from files rather than memory). Errors: RocksDB's, converted.
   absl::Status Flush();
+
+  // RocksDB's figures about the database now (see RocksDbStats). A figure
+  // RocksDB does not report stays 0. Thread-safe.
+  RocksDbStats GetStats() const;
 
  protected:
   std::unique_ptr<state_store_internal::ReadView> NewReadView() override;

@@ -139,6 +139,21 @@ enum class Damage {
   kDelete,    // the record removed
 };
 
+// Receives a store's I/O figures, for monitoring (KeyValueStateStore::
+// SetObserver). Stores call it from every thread that uses them, so
+// implementations must be thread-safe; the calls must be cheap and must not
+// call back into the store.
+class StateStoreObserver {
+ public:
+  virtual ~StateStoreObserver() = default;
+  // One atomic write (a commit, delete or import) put `bytes` of keys and
+  // values into storage and took `took`. Failed writes are not reported.
+  virtual void OnWrite(int64_t bytes, absl::Duration took) = 0;
+  // Keys and values of `bytes` in all were read (one read view's worth:
+  // a load, a metadata read, a listing).
+  virtual void OnRead(int64_t bytes) = 0;
+};
+
 // Thread-safe; all methods may be called concurrently. Commits, deletes and
 // imports of one session are serialised; Load and List read a consistent
 // view (a session is seen at one committed snapshot).

@@ -11,10 +11,14 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "engine/state_store/in_memory_state_store.h"
+#include "engine/state_store/key_value_state_store.h"
 #include "engine/state_store/rocksdb_state_store.h"
 #include "engine/state_store/state_store.h"
 #include "engine/state_store/test_util.h"
@@ -502,6 +506,85 @@ TEST_P(StateStoreContractTest, ReadersSeeWholeSnapshotsUnderConcurrentCommits) {
     ASSERT_TRUE(meta.ok());
     EXPECT_EQ(meta->snapshot_seq, static_cast<uint64_t>(kCommits));
   }
+}
+
+// Records what a store reports to its observer.
+class RecordingObserver final : public StateStoreObserver {
+ public:
+  void OnWrite(int64_t bytes, absl::Duration took) override {
+    absl::MutexLock lock(&mu_);
+    writes_.push_back(bytes);
+    EXPECT_GE(took, absl::ZeroDuration());
+  }
+  void OnRead(int64_t bytes) override {
+    absl::MutexLock lock(&mu_);
+    reads_.push_back(bytes);
+  }
+  std::vector<int64_t> TakeWrites() {
+    absl::MutexLock lock(&mu_);
+    return std::exchange(writes_, {});
+  }
+  std::vector<int64_t> TakeReads() {
+    absl::MutexLock lock(&mu_);
+    return std::exchange(reads_, {});
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<int64_t> writes_ ABSL_GUARDED_BY(mu_);
+  std::vector<int64_t> reads_ ABSL_GUARDED_BY(mu_);
+};
+
+int64_t Sum(const std::vector<int64_t>& v) {
+  int64_t s = 0;
+  for (int64_t x : v) s += x;
+  return s;
+}
+
+// Every write reaches the observer with the bytes the commit reports; reads
+// report what they read; nothing is reported after the observer is removed.
+TEST_P(StateStoreContractTest, ObserverSeesWritesAndReads) {
+  RecordingObserver observer;
+  auto* store = static_cast<KeyValueStateStore*>(store_.get());
+  store->SetObserver(&observer);
+  SessionModel m(NewId(), SmallHybridShape(), 21);
+  m.Grow(37);
+  const CommitStats first = MustCommit(m.Snapshot(), 0);
+  // A new session's commit only puts records.
+  EXPECT_EQ(observer.TakeWrites(), std::vector<int64_t>{first.bytes_written});
+  // It read the (absent) metadata first: nothing.
+  EXPECT_EQ(Sum(observer.TakeReads()), 0);
+
+  m.Grow(10);
+  const CommitStats second = MustCommit(m.Snapshot(), 37);
+  EXPECT_EQ(observer.TakeWrites(), std::vector<int64_t>{second.bytes_written});
+  // The previous metadata was read to extend it.
+  EXPECT_GT(Sum(observer.TakeReads()), 0);
+
+  ExpectLoads(m, 2);
+  // A load reads at least the state it returns.
+  EXPECT_GT(Sum(observer.TakeReads()), 4 * (2 * 16 * 47));
+  auto exported = store_->Export(m.meta().session_id);
+  ASSERT_TRUE(exported.ok());
+  EXPECT_GT(Sum(observer.TakeReads()), 4 * (2 * 16 * 47));
+  EXPECT_TRUE(observer.TakeWrites().empty());
+
+  ASSERT_TRUE(store_->Delete(m.meta().session_id).ok());
+  const std::vector<int64_t> deletes = observer.TakeWrites();
+  ASSERT_EQ(deletes.size(), 1u);
+  EXPECT_GT(deletes[0], 0);
+  // A failed write (an unknown session's delete writes nothing) is not
+  // reported.
+  EXPECT_EQ(store_->Delete(m.meta().session_id).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(observer.TakeWrites().empty());
+
+  store->SetObserver(nullptr);
+  observer.TakeReads();
+  MustCommit(m.Snapshot(), 0);
+  ExpectLoads(m, 1);
+  EXPECT_TRUE(observer.TakeWrites().empty());
+  EXPECT_TRUE(observer.TakeReads().empty());
 }
 
 INSTANTIATE_TEST_SUITE_P(

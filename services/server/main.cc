@@ -4,10 +4,12 @@
 //   deltaserve-server [--model=DIR] [--listen=HOST:PORT]
 //                     [--device=cpu|cuda [--gpus=1] [--cuda_graphs]]
 //                     [--state_dir=DIR] [--session_idle_pause=10m]
+//                     [--metrics_listen=HOST:PORT]
 //
 // Without --model it serves the embedded demo model. Once serving it prints
 // one line, "deltaserve-server listening on HOST:PORT (model NAME, device
-// DEVICE)", to stdout.
+// DEVICE)", to stdout; with --metrics_listen a second line follows,
+// "deltaserve-server metrics on http://HOST:PORT/metrics".
 #include <signal.h>
 
 #include <algorithm>
@@ -73,6 +75,10 @@ ABSL_FLAG(bool, sync_state_writes, true,
 ABSL_FLAG(absl::Duration, session_idle_pause, absl::Minutes(10),
           "Pause sessions idle this long (free their memory; their state "
           "stays on disk); 0 never pauses them for idleness.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Address (HOST:PORT; HOST an IP address, localhost, or empty for "
+          "every interface) to serve Prometheus metrics on at /metrics; port "
+          "0 picks a free port. Empty: no metrics.");
 ABSL_FLAG(int64_t, session_host_cache_bytes,
           deltaserve::Engine::Options().session_host_cache_bytes,
           "Host memory for sessions moved off the device before they go to "
@@ -158,6 +164,7 @@ int Run(int argc, char** argv) {
   options.engine.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.sync_state_writes = absl::GetFlag(FLAGS_sync_state_writes);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.engine.session_idle_pause = absl::GetFlag(FLAGS_session_idle_pause);
   options.engine.session_host_cache_bytes =
       absl::GetFlag(FLAGS_session_host_cache_bytes);
@@ -178,6 +185,10 @@ int Run(int argc, char** argv) {
   }
   absl::PrintF("deltaserve-server listening on %s (model %s, device %s)\n",
                (*server)->address(), (*server)->model().name(), options.device);
+  if ((*server)->metrics_port() != 0) {
+    absl::PrintF("deltaserve-server metrics on http://%s/metrics\n",
+                 (*server)->metrics_address());
+  }
   std::fflush(stdout);
 
   int signal_number = 0;

@@ -1,21 +1,33 @@
 #include "services/server/server.h"
 
+#include <arpa/inet.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <exception>
+#include <optional>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/metrics/metrics.h"
 #include "engine/state_store/rocksdb_state_store.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/status.h"
 #include "services/server/gpu_kernels.h"
 #include "services/server/inference_service.h"
+#include "services/server/metrics_http_server.h"
 #include "services/server/models_service.h"
 #include "services/server/sessions_service.h"
 
@@ -56,21 +68,42 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   if (options.listen.empty()) {
     return absl::InvalidArgumentError("listen address is empty");
   }
+  if (!options.metrics_listen.empty()) {
+    DS_RETURN_IF_ERROR(MetricsHttpServer::CheckAddress(options.metrics_listen));
+  }
   DS_ASSIGN_OR_RETURN(std::unique_ptr<Kernels> kernels, CreateKernels(options));
   auto server = std::unique_ptr<Server>(new Server(options));
   DS_ASSIGN_OR_RETURN(server->model_, Model::Load(options.model_dir));
   Engine::Options engine_options = options.engine;
+  if (!options.metrics_listen.empty()) {
+    server->metrics_ = std::make_unique<Metrics>(server->model_->name());
+    engine_options.metrics = server->metrics_.get();
+  }
   if (!options.state_dir.empty()) {
     RocksDbStateStore::Options store_options;
     store_options.path = options.state_dir;
     store_options.sync_writes = options.sync_state_writes;
-    DS_ASSIGN_OR_RETURN(server->state_store_,
-                        RocksDbStateStore::Create(store_options));
+    store_options.statistics = server->metrics_ != nullptr;
+    std::unique_ptr<RocksDbStateStore> store;
+    DS_ASSIGN_OR_RETURN(store, RocksDbStateStore::Create(store_options));
+    if (server->metrics_ != nullptr) {
+      store->SetObserver(server->metrics_.get());
+      server->metrics_->SetRocksDbSource(
+          [s = store.get()] { return s->GetStats(); });
+    }
+    server->state_store_ = std::move(store);
     engine_options.state_store = server->state_store_.get();
   }
   DS_ASSIGN_OR_RETURN(
       server->engine_,
       Engine::Create(server->model_.get(), std::move(kernels), engine_options));
+  if (server->metrics_ != nullptr) {
+    MetricsHttpServer::Options http;
+    http.listen = options.metrics_listen;
+    http.body = [m = server->metrics_.get()] { return m->TextFormat(); };
+    DS_ASSIGN_OR_RETURN(server->metrics_http_,
+                        MetricsHttpServer::Start(std::move(http)));
+  }
   absl::BitGen bitgen;
   server->inference_service_ = std::make_unique<InferenceService>(
       server->engine_.get(), absl::Uniform<uint64_t>(bitgen));
@@ -105,6 +138,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
 }
 
 Server::~Server() {
+  // No more scrapes: they read the engine and the store.
+  metrics_http_.reset();
+  if (metrics_ != nullptr) metrics_->SetRocksDbSource({});
   Shutdown();
   Wait();
   // The gRPC server goes first: its handlers use the services and engine.
@@ -115,6 +151,14 @@ std::string Server::address() const {
   const size_t colon = options_.listen.rfind(':');
   if (colon == std::string::npos) return options_.listen;
   return absl::StrCat(options_.listen.substr(0, colon), ":", port_);
+}
+
+int Server::metrics_port() const {
+  return metrics_http_ != nullptr ? metrics_http_->port() : 0;
+}
+
+std::string Server::metrics_address() const {
+  return metrics_http_ != nullptr ? metrics_http_->address() : "";
 }
 
 void Server::Shutdown() {

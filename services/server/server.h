@@ -23,6 +23,8 @@ class Server;
 namespace deltaserve {
 
 class InferenceService;
+class Metrics;
+class MetricsHttpServer;
 class ModelsService;
 class SessionsService;
 class StateStore;
@@ -49,6 +51,11 @@ struct ServerOptions {
   bool sync_state_writes = true;
   // Largest session export ImportSession accepts.
   int64_t max_import_bytes = int64_t{4} << 30;
+  // Address ("HOST:PORT", HOST an IP address, "localhost" or empty for
+  // every interface) to serve Prometheus metrics on at /metrics
+  // (MetricsHttpServer); port 0 picks a free port (see
+  // Server::metrics_port()). Empty: no metrics.
+  std::string metrics_listen;
 };
 
 // A running deltaserve server. Owns the model, the engine and the gRPC
@@ -57,13 +64,16 @@ struct ServerOptions {
 class Server {
  public:
   // Creates the kernels for `options.device`, loads the model, starts the
-  // engine and starts serving on `options.listen`. Errors:
+  // engine and starts serving on `options.listen` (and metrics on
+  // `options.metrics_listen`). Errors:
   //   INVALID_ARGUMENT    unknown device, gpus other than 1, bad engine
-  //                       options or a malformed model (as Model::Load);
+  //                       options, a malformed metrics address or a
+  //                       malformed model (as Model::Load);
   //   FAILED_PRECONDITION device "cuda" in a build without CUDA support or
   //                       on a machine without that GPU;
   //   NOT_FOUND           the model directory or its files are missing;
-  //   UNAVAILABLE         the address cannot be listened on;
+  //   UNAVAILABLE         the address or the metrics address cannot be
+  //                       listened on (e.g. its port is in use);
   //   others              the state directory cannot be opened (as
   //                       RocksDbStateStore::Create: e.g. INTERNAL when
   //                       another server holds it).
@@ -80,6 +90,12 @@ class Server {
   int port() const { return port_; }
   // "HOST:PORT" with the requested host and the bound port.
   std::string address() const;
+  // The metrics port (the one picked when the requested port was 0) and
+  // "HOST:PORT" like address(); 0 and "" without metrics.
+  int metrics_port() const;
+  std::string metrics_address() const;
+  // The server's metrics; null without options.metrics_listen.
+  const Metrics* metrics() const { return metrics_.get(); }
   const ServerOptions& options() const { return options_; }
   const Model& model() const { return *model_; }
   Engine& engine() { return *engine_; }
@@ -105,6 +121,8 @@ class Server {
 
   const ServerOptions options_;
   std::unique_ptr<Model> model_;
+  // Outlives what reports into it (the store, the engine).
+  std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<StateStore> state_store_;  // outlives the engine
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<InferenceService> inference_service_;
@@ -112,6 +130,8 @@ class Server {
   std::unique_ptr<SessionsService> sessions_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;
+  // Serves metrics_ over HTTP; goes first on destruction.
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
 
   absl::Mutex mu_;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
