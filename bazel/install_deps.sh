@@ -30,7 +30,17 @@ PACKAGES=(
   libbenchmark-dev
   coreutils
   procps
+  python3-yaml
+  prometheus
 )
+
+# kubectl renders the Kubernetes manifests (deploy/k8s). Debian 12 packages
+# it as kubernetes-client; a kubectl installed another way (such as the
+# kubectl package of Kubernetes' own repository, which conflicts with
+# kubernetes-client) serves as well.
+if ! command -v kubectl >/dev/null 2>&1; then
+  PACKAGES+=(kubernetes-client)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
