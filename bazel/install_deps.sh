@@ -17,7 +17,6 @@ PACKAGES=(
   libabsl-dev
   librocksdb-dev
   prometheus-cpp-dev
-  prometheus
   nlohmann-json3-dev
   libopenblas-dev
   libre2-dev

@@ -8,8 +8,15 @@ with the template variables substituted, and requires each to return at
 least one series with a finite value. Prints one line per target and exits
 1 naming the panels without data.
 
+With --metric_names_from=FILE (repeatable: alert rules, autoscaling
+rules), also requires every deltaserve_ metric those files name to have a
+series (a histogram through its _count), and with --rules_loaded=N that
+Prometheus has loaded N rules from its rule_files and evaluated each
+without error.
+
   dashboard_check.py --dashboard=deltaserve.json --prometheus=http://H:P \
-      --model_name=NAME [--rate_interval=5m] [--wait_for=PROMQL]...
+      --model_name=NAME [--rate_interval=5m] [--wait_for=PROMQL]... \
+      [--metric_names_from=FILE]... [--rules_loaded=N]
 """
 
 import argparse
@@ -117,6 +124,52 @@ def wait_for(prometheus, exprs, deadline_s):
     return True
 
 
+def metric_names(path):
+    """The deltaserve_ metric names a file uses, histogram suffixes off."""
+    with open(path) as f:
+        names = set(re.findall(r"deltaserve_[a-z0-9_]*[a-z0-9]", f.read()))
+    return sorted({re.sub(r"_(bucket|sum|count)$", "", n) for n in names})
+
+
+def check_metric_names(prometheus, paths):
+    """Names in paths without any series in Prometheus."""
+    missing = []
+    for path in paths:
+        for name in metric_names(path):
+            expr = 'count({__name__=~"%s|%s_count"})' % (name, name)
+            if not query(prometheus, expr):
+                missing.append("%s (%s)" % (name, path.split("/")[-1]))
+            else:
+                print("ok   metric %s, used in %s" % (name,
+                                                      path.split("/")[-1]))
+    return missing
+
+
+def check_rules(prometheus, want, deadline_s):
+    """Problems with the loaded rules, once each has been evaluated."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        with urllib.request.urlopen(prometheus + "/api/v1/rules",
+                                    timeout=30) as r:
+            groups = json.load(r)["data"]["groups"]
+        rules = [rule for g in groups for rule in g["rules"]]
+        pending = [r["name"] for r in rules if r.get("health") == "unknown"]
+        if len(rules) == want and not pending:
+            break
+        if time.monotonic() > deadline:
+            return ["%d rules loaded, %d wanted; not yet evaluated: %s"
+                    % (len(rules), want, pending)]
+        time.sleep(0.5)
+    problems = []
+    for r in rules:
+        if r.get("health") != "ok":
+            problems.append("rule %s: %s %s" % (r["name"], r.get("health"),
+                                                r.get("lastError", "")))
+        else:
+            print("ok   rule %s evaluates" % r["name"])
+    return problems
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dashboard", required=True)
@@ -125,6 +178,8 @@ def main():
     ap.add_argument("--rate_interval", default="5m")
     ap.add_argument("--wait_for", action="append", default=[])
     ap.add_argument("--wait_seconds", type=float, default=120)
+    ap.add_argument("--metric_names_from", action="append", default=[])
+    ap.add_argument("--rules_loaded", type=int, default=0)
     args = ap.parse_args()
 
     with open(args.dashboard) as f:
@@ -165,6 +220,18 @@ def main():
               % (len(failed), count, "; ".join(failed)))
         return 1
     print("all %d panel targets have data" % count)
+    missing = check_metric_names(args.prometheus, args.metric_names_from)
+    if missing:
+        print("metrics named in rules but never exported: %s"
+              % "; ".join(missing))
+        return 1
+    if args.rules_loaded:
+        problems = check_rules(args.prometheus, args.rules_loaded,
+                               args.wait_seconds)
+        if problems:
+            print("rules:\n  " + "\n  ".join(problems))
+            return 1
+        print("all %d rules evaluate" % args.rules_loaded)
     return 0
 
 

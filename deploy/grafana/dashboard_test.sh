@@ -5,7 +5,9 @@
 # deltaserve-cli (create, generate, pause, resume, export, import); waits
 # (polling Prometheus) until the last of it is scraped, then
 # dashboard_check.py evaluates every panel's query through Prometheus's
-# HTTP API and requires data from each. Every wait has a deadline; the
+# HTTP API and requires data from each; the same Prometheus loads
+# deploy/prometheus/alerts.yml, every rule must evaluate without error and
+# every metric the alert and autoscaling rules name must exist. Every wait has a deadline; the
 # server and Prometheus are killed on every exit path.
 set -uo pipefail
 
@@ -15,6 +17,8 @@ readonly CLI="${RUNFILES}/clients/cli/deltaserve-cli"
 readonly BENCH="${RUNFILES}/clients/bench/deltaserve-bench"
 readonly DASHBOARD="${RUNFILES}/deploy/grafana/deltaserve.json"
 readonly CHECK="${RUNFILES}/deploy/grafana/dashboard_check.py"
+readonly ALERTS="${RUNFILES}/deploy/prometheus/alerts.yml"
+readonly ADAPTER_RULES="${RUNFILES}/deploy/k8s/examples/autoscaling/prometheus-adapter-rules.yaml"
 readonly PROMETHEUS=/usr/bin/prometheus
 readonly PYTHON=/usr/bin/python3
 readonly WORK="$(mktemp -d "${TEST_TMPDIR:-/tmp}/dashboard.XXXXXX")"
@@ -58,6 +62,8 @@ cat >"${WORK}/prometheus.yml" <<EOF
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
+rule_files:
+  - ${ALERTS}
 scrape_configs:
   - job_name: deltaserve
     static_configs:
@@ -118,7 +124,9 @@ timeout 300 "${PYTHON}" "${CHECK}" --dashboard="${DASHBOARD}" \
   --prometheus="${PROMETHEUS_URL}" --model_name="${MODEL}" \
   --rate_interval=5m \
   --wait_for='sum(deltaserve_session_migrate_seconds_count{direction="import"}) >= 1' \
-  --wait_for='sum(deltaserve_request_success_total{finished_reason="length"}) >= 26' ||
+  --wait_for='sum(deltaserve_request_success_total{finished_reason="length"}) >= 26' \
+  --metric_names_from="${ALERTS}" --metric_names_from="${ADAPTER_RULES}" \
+  --rules_loaded="$(grep -c '^  - alert:' "${ALERTS}")" ||
   prometheus_fail "the dashboard's panels do not all have data (above)"
 
 kill -TERM "${PROMETHEUS_PID}"
