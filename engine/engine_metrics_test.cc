@@ -3,11 +3,9 @@
 // finished requests by reason, steps, preemptions, latencies on the injected
 // clock, scheduler gauges, sessions per tier and the state store's I/O.
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -22,34 +20,17 @@
 #include "engine/state_store/rocksdb_state_store.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
-#include "nlohmann/json.hpp"
 
 namespace deltaserve {
 namespace {
 
+using testing::DemoModel;
+using testing::DemoPromptIds;
 using testing::Greedy;
 using testing::RunRequest;
 using testing::RunResult;
 
-constexpr char kDemoDir[] = "engine/model/demo-qwen35";
 constexpr char kModelName[] = "demo-qwen35";
-
-const Model& Demo() {
-  static const Model* model = [] {
-    auto m = Model::Load(kDemoDir);
-    if (!m.ok()) std::abort();
-    return m->release();
-  }();
-  return *model;
-}
-
-std::vector<int32_t> PromptIds(int i) {
-  std::ifstream in(std::string(kDemoDir) + "/golden.json");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return nlohmann::json::parse(ss.str())["prompts"][i]["prompt_ids"]
-      .get<std::vector<int32_t>>();
-}
 
 std::unique_ptr<Engine> MakeEngine(Metrics* metrics,
                                    Engine::Options options = {}) {
@@ -58,7 +39,7 @@ std::unique_ptr<Engine> MakeEngine(Metrics* metrics,
     options.kv_capacity_tokens = 4096;
   }
   auto engine =
-      Engine::Create(&Demo(), std::move(*CpuKernels::Create({})), options);
+      Engine::Create(&DemoModel(), std::move(*CpuKernels::Create({})), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return engine.ok() ? *std::move(engine) : nullptr;
 }
@@ -106,7 +87,7 @@ TEST(EngineMetricsTest, TokensStepsAndFinishedRequests) {
   int64_t prompt_tokens = 0, generated = 0, fed = 0;
   const int lengths[3] = {5, 7, 9};
   for (int i = 0; i < 3; ++i) {
-    const std::vector<int32_t> prompt = PromptIds(i);
+    const std::vector<int32_t> prompt = DemoPromptIds(i);
     RunResult r = RunRequest(*engine, Greedy(prompt, lengths[i]));
     ASSERT_TRUE(r.end.error.ok()) << r.end.error;
     ASSERT_EQ(r.ids.size(), static_cast<size_t>(lengths[i]));
@@ -135,9 +116,9 @@ TEST(EngineMetricsTest, TokensStepsAndFinishedRequests) {
 
   // A stop token: the request stops at its first token.
   {
-    RunResult probe = RunRequest(*engine, Greedy(PromptIds(0), 1));
+    RunResult probe = RunRequest(*engine, Greedy(DemoPromptIds(0), 1));
     ASSERT_EQ(probe.ids.size(), 1u);
-    GenerationRequest req = Greedy(PromptIds(0), 50);
+    GenerationRequest req = Greedy(DemoPromptIds(0), 50);
     req.stop_token_ids = {probe.ids[0]};
     RunResult r = RunRequest(*engine, req);
     ASSERT_EQ(r.end.finish_reason, FinishReason::kStop);
@@ -148,7 +129,7 @@ TEST(EngineMetricsTest, TokensStepsAndFinishedRequests) {
   // no prompt tokens, no queue time.
   const double prompt_before = Value(metrics, "deltaserve_prompt_tokens_total");
   {
-    GenerationRequest req = Greedy(PromptIds(1), 5);
+    GenerationRequest req = Greedy(DemoPromptIds(1), 5);
     req.deadline = absl::InfinitePast();
     RunResult r = RunRequest(*engine, req);
     EXPECT_EQ(r.end.error.code(), absl::StatusCode::kDeadlineExceeded);
@@ -162,7 +143,7 @@ TEST(EngineMetricsTest, TokensStepsAndFinishedRequests) {
 
   // While a long request runs: one running, KV pages in use; cancelled, it
   // counts as such and the gauges return to zero.
-  auto stream = engine->Submit(Greedy(PromptIds(2), 4000));
+  auto stream = engine->Submit(Greedy(DemoPromptIds(2), 4000));
   ASSERT_TRUE(stream.ok());
   GenerationEvent ev;
   ASSERT_TRUE((*stream)->Next(&ev, absl::Seconds(60)));
@@ -213,7 +194,7 @@ TEST(EngineMetricsTest, LatenciesAreMeasuredOnTheInjectedClock) {
   options.clock = &clock;
   auto engine = MakeEngine(&metrics, options);
   ASSERT_NE(engine, nullptr);
-  auto stream = engine->Submit(Greedy(PromptIds(0), 4000));
+  auto stream = engine->Submit(Greedy(DemoPromptIds(0), 4000));
   ASSERT_TRUE(stream.ok());
   GenerationEvent ev;
   ASSERT_TRUE((*stream)->Next(&ev, absl::Seconds(60)));
@@ -254,7 +235,7 @@ TEST(EngineMetricsTest, PreemptionsAreCounted) {
   ASSERT_NE(engine, nullptr);
   std::vector<std::shared_ptr<GenerationStream>> streams;
   for (int i = 0; i < 8; ++i) {
-    auto s = engine->Submit(Greedy(PromptIds(i % 3), 32));
+    auto s = engine->Submit(Greedy(DemoPromptIds(i % 3), 32));
     ASSERT_TRUE(s.ok()) << s.status();
     streams.push_back(*s);
   }
@@ -318,7 +299,7 @@ TEST(EngineMetricsTest, SessionsByTierAndStateStoreIo) {
 
   // A generation on it: its state stays on the device; the commit wrote
   // at least the new KV and history.
-  RunResult r = RunRequest(*engine, Greedy(PromptIds(0), 8, id));
+  RunResult r = RunRequest(*engine, Greedy(DemoPromptIds(0), 8, id));
   ASSERT_TRUE(r.end.error.ok()) << r.end.error;
   const int64_t bytes = StateBytes(*engine, id);
   EXPECT_EQ(Sessions(metrics, "device"), 1);
@@ -330,7 +311,7 @@ TEST(EngineMetricsTest, SessionsByTierAndStateStoreIo) {
   EXPECT_EQ(Value(metrics, "deltaserve_state_store_write_seconds_count"),
             writes + 1);
   EXPECT_EQ(Value(metrics, "deltaserve_prompt_tokens_total"),
-            PromptIds(0).size());
+            DemoPromptIds(0).size());
   EXPECT_EQ(Finished(metrics, "length"), 1);
 
   // Paused: on disk only. Resumed: back on the device, its state read.

@@ -3,8 +3,6 @@
 // uninterrupted request computes, through pauses, evictions, preemption,
 // forks, export and import.
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "engine/engine.h"
 #include "engine/engine_test_util.h"
@@ -12,29 +10,15 @@
 #include "engine/state_store/rocksdb_state_store.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
-#include "nlohmann/json.hpp"
 
 namespace deltaserve {
 namespace {
 
-constexpr char kDemoDir[] = "engine/model/demo-qwen35";
-
-const Model& Demo() {
-  static const Model* model = [] {
-    auto m = Model::Load(kDemoDir);
-    if (!m.ok()) std::abort();
-    return m->release();
-  }();
-  return *model;
-}
-
-std::vector<int32_t> PromptIds(int i) {
-  std::ifstream in(std::string(kDemoDir) + "/golden.json");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return nlohmann::json::parse(ss.str())["prompts"][i]["prompt_ids"]
-      .get<std::vector<int32_t>>();
-}
+using testing::DemoModel;
+using testing::DemoPromptIds;
+using testing::Greedy;
+using testing::RunRequest;
+using Result = testing::RunResult;
 
 std::unique_ptr<Engine> MakeEngine(StateStore* store,
                                    Engine::Options options = {}) {
@@ -43,14 +27,10 @@ std::unique_ptr<Engine> MakeEngine(StateStore* store,
     options.kv_capacity_tokens = 4096;
   }
   auto engine =
-      Engine::Create(&Demo(), std::move(*CpuKernels::Create({})), options);
+      Engine::Create(&DemoModel(), std::move(*CpuKernels::Create({})), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return std::move(*engine);
 }
-
-using testing::Greedy;
-using testing::RunRequest;
-using Result = testing::RunResult;
 
 std::vector<int32_t> Concat(std::initializer_list<std::vector<int32_t>> parts) {
   std::vector<int32_t> out;
@@ -66,8 +46,8 @@ struct Reference {
 const Reference& Ref() {
   static const Reference* ref = [] {
     auto* r = new Reference;
-    r->a = PromptIds(0);
-    r->b = PromptIds(1);
+    r->a = DemoPromptIds(0);
+    r->b = DemoPromptIds(1);
     InMemoryStateStore unused;
     auto engine = MakeEngine(nullptr);
     r->out1 = RunRequest(*engine, Greedy(r->a, 12)).ids;

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "engine/engine_test_util.h"
 #include "engine/runner/runner_harness.h"
 #include "engine/sampler/sampler.h"
 #include "gtest/gtest.h"
@@ -14,15 +15,6 @@ namespace deltaserve {
 namespace {
 
 constexpr char kDemoDir[] = "engine/model/demo-qwen35";
-
-const Model& Demo() {
-  static const Model* model = [] {
-    auto m = Model::Load(kDemoDir);
-    if (!m.ok()) std::abort();
-    return m->release();
-  }();
-  return *model;
-}
 
 const nlohmann::json& Golden() {
   static const nlohmann::json* golden = [] {
@@ -38,8 +30,8 @@ std::unique_ptr<Engine> MakeEngine(Engine::Options options = {}) {
   if (options.kv_capacity_tokens == Engine::Options().kv_capacity_tokens) {
     options.kv_capacity_tokens = 8192;
   }
-  auto engine =
-      Engine::Create(&Demo(), std::move(*CpuKernels::Create({})), options);
+  auto engine = Engine::Create(&testing::DemoModel(),
+                               std::move(*CpuKernels::Create({})), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return std::move(*engine);
 }

@@ -1,12 +1,38 @@
 #include "engine/engine_test_util.h"
 
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 
 namespace deltaserve {
 namespace testing {
+namespace {
+
+constexpr char kDemoDir[] = "engine/model/demo-qwen35";
+
+}  // namespace
+
+const Model& DemoModel() {
+  static const Model* model = [] {
+    auto m = Model::Load(kDemoDir);
+    if (!m.ok()) std::abort();
+    return m->release();
+  }();
+  return *model;
+}
+
+std::vector<int32_t> DemoPromptIds(int i) {
+  std::ifstream in(std::string(kDemoDir) + "/golden.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return nlohmann::json::parse(ss.str())["prompts"][i]["prompt_ids"]
+      .get<std::vector<int32_t>>();
+}
 
 RunResult RunRequest(Engine& engine, GenerationRequest req) {
   RunResult r;

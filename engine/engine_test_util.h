@@ -1,5 +1,6 @@
-// Helpers shared by the engine's tests: run one request to its end, build a
-// greedy request. Test-only; not thread-safe beyond what Engine is.
+// Helpers shared by the engine's tests: the demo model and its golden
+// prompts, run one request to its end, build a greedy request. Test-only; not
+// thread-safe beyond what Engine is.
 #ifndef DELTASERVE_ENGINE_ENGINE_TEST_UTIL_H_
 #define DELTASERVE_ENGINE_ENGINE_TEST_UTIL_H_
 
@@ -8,9 +9,17 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/model/model.h"
 
 namespace deltaserve {
 namespace testing {
+
+// The demo model (engine/model/demo-qwen35, a data dependency of the test),
+// loaded once; aborts when it cannot be loaded.
+const Model& DemoModel();
+
+// Prompt i of the demo model's golden.json, as token ids.
+std::vector<int32_t> DemoPromptIds(int i);
 
 // The tokens a request generated and its final event (error included).
 struct RunResult {
