@@ -167,28 +167,11 @@ TEST(EngineMetricsTest, TokensStepsAndFinishedRequests) {
             generated + 1 + 1 + streamed);
 }
 
-// A clock that moves only when told to.
-class FakeClock : public Clock {
- public:
-  absl::Time Now() const override {
-    absl::MutexLock lock(&mu_);
-    return now_;
-  }
-  void Advance(absl::Duration d) {
-    absl::MutexLock lock(&mu_);
-    now_ += d;
-  }
-
- private:
-  mutable absl::Mutex mu_;
-  absl::Time now_ = absl::UnixEpoch() + absl::Hours(1000);
-};
-
 // Latencies are measured on the engine's clock: with the clock stopped they
 // are exactly zero, and a jump of the clock between two tokens is one
 // inter-token latency and the whole end-to-end latency.
 TEST(EngineMetricsTest, LatenciesAreMeasuredOnTheInjectedClock) {
-  FakeClock clock;
+  testing::FakeClock clock;
   Metrics metrics(kModelName);
   Engine::Options options;
   options.clock = &clock;

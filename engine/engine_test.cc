@@ -331,25 +331,8 @@ TEST(EngineTest, PreemptedRequestsResumeWithIdenticalTokens) {
   EXPECT_EQ(engine->num_active(), 0);
 }
 
-// A clock that moves only when told to.
-class FakeClock : public Clock {
- public:
-  absl::Time Now() const override {
-    absl::MutexLock lock(&mu_);
-    return now_;
-  }
-  void Advance(absl::Duration d) {
-    absl::MutexLock lock(&mu_);
-    now_ += d;
-  }
-
- private:
-  mutable absl::Mutex mu_;
-  absl::Time now_ = absl::UnixEpoch() + absl::Hours(1000);
-};
-
 TEST(EngineTest, DeadlineEndsTheRequestAndFreesIt) {
-  FakeClock clock;
+  testing::FakeClock clock;
   Engine::Options options;
   options.clock = &clock;
   auto engine = MakeEngine(options);
