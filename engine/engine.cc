@@ -693,7 +693,16 @@ void Engine::Step() {
   for (const auto* group : {&plan.admit, &plan.resume}) {
     for (SchedSeq* s : *group) {
       Request* r = static_cast<Request*>(s);
-      if (!r->done) Place(r);
+      if (r->done) continue;
+      // A session with history first placed from host memory or disk is
+      // resumed by its request (not after a preemption): timed as a resume.
+      const bool resumes = group == &plan.admit && r->session != nullptr &&
+                           r->session_history > 0 &&
+                           (r->state_on_disk || r->saved.has_value());
+      const absl::Time placing = clock_->Now();
+      if (Place(r) && resumes && metrics_ != nullptr) {
+        metrics_->ObserveSessionResume(clock_->Now() - placing);
+      }
     }
   }
   in_->inputs.clear();

@@ -17,6 +17,7 @@
 #include "engine/engine_test_util.h"
 #include "engine/metrics/metrics.h"
 #include "engine/metrics/text_samples.h"
+#include "engine/state_store/in_memory_state_store.h"
 #include "engine/state_store/rocksdb_state_store.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -69,7 +70,8 @@ double SessionBytes(const Metrics& m, const char* tier) {
 }
 
 // Gauges are set at the end of the engine step that ends a request, just
-// after its final event: wait (up to 30 s) until `name` reads `want`.
+// after its final event, and idle pauses happen on the engine thread: wait
+// (up to 30 s) until `name` reads `want`.
 bool GaugeBecomes(const Metrics& m, const std::string& name, double want) {
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   while (absl::Now() < deadline) {
@@ -361,6 +363,56 @@ TEST(EngineMetricsTest, SessionsByTierAndStateStoreIo) {
   // The old metrics no longer read the destroyed engine.
   EXPECT_EQ(Sessions(metrics, "device"), 0);
   metrics.SetRocksDbSource({});
+}
+
+// Pauses and resumes the engine makes on its own are timed too: sessions
+// evicted from the device under memory pressure, sessions paused after the
+// idle timeout, and a generation that continues a session from disk.
+TEST(EngineMetricsTest, AutomaticPausesAndImplicitResumesAreTimed) {
+  InMemoryStateStore store;
+  Metrics metrics(kModelName);
+  Engine::Options options;
+  options.state_store = &store;
+  options.max_running_requests = 2;  // two slots
+  options.session_host_cache_bytes = 0;
+  auto engine = MakeEngine(&metrics, options);
+  ASSERT_NE(engine, nullptr);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<SessionInfo> created = engine->CreateSession();
+    ASSERT_TRUE(created.ok()) << created.status();
+    ids.push_back(created->meta.session_id);
+    RunResult r = RunRequest(*engine, Greedy(DemoPromptIds(0), 4, ids.back()));
+    ASSERT_TRUE(r.end.error.ok()) << r.end.error;
+  }
+  // Three sessions, two slots: the first was evicted to make room.
+  ASSERT_EQ(engine->GetSession(ids[0])->tier, SessionTier::kDisk);
+  EXPECT_EQ(Value(metrics, "deltaserve_session_pause_seconds_count"), 1);
+  EXPECT_EQ(Value(metrics, "deltaserve_session_resume_seconds_count"), 0);
+  // Continuing it from disk resumes it (and evicts the least recent other).
+  RunResult r = RunRequest(*engine, Greedy({7}, 4, ids[0]));
+  ASSERT_TRUE(r.end.error.ok()) << r.end.error;
+  EXPECT_EQ(Value(metrics, "deltaserve_session_resume_seconds_count"), 1);
+  EXPECT_EQ(Value(metrics, "deltaserve_session_pause_seconds_count"), 2);
+  // A session already on the device is not resumed again.
+  r = RunRequest(*engine, Greedy({7}, 4, ids[0]));
+  ASSERT_TRUE(r.end.error.ok()) << r.end.error;
+  EXPECT_EQ(Value(metrics, "deltaserve_session_resume_seconds_count"), 1);
+
+  // Idle sessions are paused after the timeout.
+  engine.reset();
+  Metrics idle_metrics(kModelName);
+  Engine::Options idle_options;
+  idle_options.state_store = &store;
+  idle_options.session_idle_pause = absl::Milliseconds(20);
+  auto idle_engine = MakeEngine(&idle_metrics, idle_options);
+  ASSERT_NE(idle_engine, nullptr);
+  r = RunRequest(*idle_engine, Greedy({7}, 4, ids[1]));
+  ASSERT_TRUE(r.end.error.ok()) << r.end.error;
+  EXPECT_EQ(Value(idle_metrics, "deltaserve_session_resume_seconds_count"), 1);
+  EXPECT_TRUE(
+      GaugeBecomes(idle_metrics, "deltaserve_session_pause_seconds_count", 1));
+  EXPECT_EQ(idle_engine->GetSession(ids[1])->tier, SessionTier::kDisk);
 }
 
 }  // namespace

@@ -230,15 +230,21 @@ void Engine::EvictIdle(int slots, int64_t pages) {
     s->tier = TierOf(s->on_device(), s->host.has_value());
     if (!s->resident()) sessions_.erase(s->id);
   };
-  for (Session* s : expired) {
-    FreeState(s, /*to_host=*/false);
+  // Sessions leaving the device or expiring are paused automatically:
+  // timed as pauses.
+  auto pause = [&](Session* s, bool to_host) {
+    const absl::Time pausing = clock_->Now();
+    FreeState(s, to_host);
     settle(s);
-  }
+    if (metrics_ != nullptr) {
+      metrics_->ObserveSessionPause(clock_->Now() - pausing);
+    }
+  };
+  for (Session* s : expired) pause(s, /*to_host=*/false);
   std::sort(idle_device.begin(), idle_device.end());
   for (auto& [t, s] : idle_device) {
     if (pool.free_slots() >= slots && pool.free_pages() >= pages) break;
-    FreeState(s, /*to_host=*/true);
-    settle(s);
+    pause(s, /*to_host=*/true);
   }
   // Trim the host cache, least recently used first (what FreeState just
   // moved there included).

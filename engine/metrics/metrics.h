@@ -80,7 +80,10 @@ class Metrics final : public StateStoreObserver {
   // A request ended (its final event went out) `e2e` after it arrived.
   void RequestFinished(RequestOutcome outcome, absl::Duration e2e);
 
-  // Durations of session calls that succeeded.
+  // Durations of session pauses and resumes that succeeded: the calls, and
+  // those the engine makes itself (sessions evicted from the device or
+  // paused when idle; a generation continuing a session from host memory
+  // or disk).
   void ObserveSessionPause(absl::Duration d);
   void ObserveSessionResume(absl::Duration d);
   void ObserveSessionMigrate(MigrateDirection direction, absl::Duration d);
