@@ -353,10 +353,6 @@ Metrics::Metrics(const std::string& model_name)
 
 Metrics::~Metrics() = default;
 
-std::shared_ptr<prometheus::Collectable> Metrics::collectable() const {
-  return collector_;
-}
-
 std::string Metrics::TextFormat() const {
   return prometheus::TextSerializer().Serialize(collector_->Collect());
 }

@@ -7,8 +7,7 @@
 // latencies, store I/O) as they happen; figures that are states rather than
 // events (sessions per tier, RocksDB's stall and compaction figures) are
 // read from sources when the metrics are collected. prometheus-cpp stays
-// behind this header: `collectable()` is what an exposer serves and
-// `TextFormat()` what it would send.
+// behind this header: `TextFormat()` is what /metrics sends.
 //
 // Owned by the composition root, which must keep it alive as long as the
 // engine and the state store that report into it. Thread-safe: every method
@@ -24,10 +23,6 @@
 #include "absl/time/time.h"
 #include "engine/state_store/rocksdb_stats.h"
 #include "engine/state_store/state_store.h"
-
-namespace prometheus {
-class Collectable;
-}  // namespace prometheus
 
 namespace deltaserve {
 
@@ -54,9 +49,6 @@ class Metrics final : public StateStoreObserver {
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
-  // The metrics for a prometheus::Exposer (it keeps a weak reference; a
-  // collection in flight keeps what it reads alive).
-  std::shared_ptr<prometheus::Collectable> collectable() const;
   // Every metric in Prometheus's text exposition format, sources read now.
   std::string TextFormat() const;
 
